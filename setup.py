@@ -1,0 +1,33 @@
+"""videomae: self-supervised video pretraining with masked autoencoders."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="videomae",
+    version="0.1.0",
+    description="Video masked autoencoders (VideoMAE, MAE-ST): tubelet ViTs, pluggable masking, "
+    "DeepSpeed training on SLURM, fine-tuning and multi-view evaluation",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["videomae", "videomae.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "timm>=0.9",
+        "einops",
+        "numpy",
+        "decord>=0.6",
+        "av>=10",
+        "deepspeed>=0.12",
+        "fvcore",
+        "pyyaml",
+        "tqdm",
+        "tensorboard",
+        "matplotlib",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "transformers>=4.40", "scikit-video"],
+    },
+)

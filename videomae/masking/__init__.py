@@ -1,0 +1,2 @@
+from .base import MASKING_REGISTRY, MaskingStrategy, build_masking, register_masking
+from .strategies import BlockMasking, FrameMasking, RandomMasking, RunningCellMasking, TubeMasking

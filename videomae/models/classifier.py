@@ -1,0 +1,38 @@
+"""Action-recognition model: the encoder, mean pooling over all tokens, fc_norm, a linear head.
+
+Parameter names follow the official VideoMAE fine-tuned layout (`patch_embed.*`, `blocks.*`,
+`fc_norm.*`, `head.*`) so its checkpoints load as they are.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .encoder import EncoderConfig, VideoEncoder
+from .vit import init_linear_and_norm
+
+
+class VideoClassifier(VideoEncoder):
+    def __init__(self, cfg: EncoderConfig, num_classes: int = 400, head_drop_rate: float = 0.0,
+                 use_mean_pooling: bool = True, init_scale: float = 0.001):
+        super().__init__(cfg, final_norm=not use_mean_pooling)
+        self.num_classes = num_classes
+        self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if use_mean_pooling else None
+        self.head_dropout = nn.Dropout(head_drop_rate)
+        self.head = nn.Linear(cfg.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(lambda m: init_linear_and_norm(m, trunc_normal_std=0.02))
+        if num_classes > 0:
+            # a near-zero head keeps the first fine-tuning steps from wrecking the pretrained features
+            with torch.no_grad():
+                self.head.weight.mul_(init_scale)
+                self.head.bias.mul_(init_scale)
+
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        """Pooled clip feature (B, D): mean of all tokens, then fc_norm."""
+        x = super().forward(video)  # [B, N, D]
+        if self.fc_norm is not None:
+            return self.fc_norm(x.mean(dim=1))
+        return x.mean(dim=1)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_dropout(self.forward_features(video)))  # [B, num_classes]
