@@ -62,7 +62,8 @@ class VideoEncoder(nn.Module):
                                      cfg.in_chans, cfg.embed_dim)
         self.pos_embed = build_pos_embed(cfg.pos_embed, self.patch_embed.grid_size, cfg.embed_dim)
         self.pos_drop = nn.Dropout(cfg.drop_rate)
-        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()  # stochastic depth decay
+        # stochastic depth grows linearly with depth (python floats: also works on the meta device)
+        rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = BlockStack(
             [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.drop_rate,
                    cfg.attn_drop_rate, rate, cfg.init_values, cfg.norm_eps) for rate in rates],

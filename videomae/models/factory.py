@@ -68,12 +68,10 @@ def build_pretrain_model(size: str = "base", **kwargs) -> PretrainVideoMAE:
 
 def build_classifier(size: str = "base", **kwargs) -> VideoClassifier:
     extra_keys = ("num_classes", "head_drop_rate", "use_mean_pooling", "init_scale")
-    # timm's generic names
-    if "drop_rate" in kwargs and "head_drop_rate" not in kwargs:
-        kwargs["head_drop_rate"] = kwargs.pop("drop_rate")
-    encoder, decoder, extra = _split_kwargs(size, kwargs, extra_keys)
-    if decoder:
-        raise TypeError(f"decoder arguments {sorted(decoder)} do not apply to a classifier")
+    passed_decoder = sorted(k for k in kwargs if k in _DECODER_KEYS)
+    if passed_decoder:
+        raise TypeError(f"decoder arguments {passed_decoder} do not apply to a classifier")
+    encoder, _, extra = _split_kwargs(size, kwargs, extra_keys)
     return VideoClassifier(EncoderConfig(**encoder), **extra)
 
 

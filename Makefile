@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine with Python >= 3.10 and pip:
+#   make demo   pretrain a tiny VideoMAE on the synthetic demo videos (CPU or GPU)
+#   make test   run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first: DeepSpeed's build step imports it
+	$(PY) -m pip install --quiet "torch>=2.1"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) tools/demo.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/model_step.py
+
+clean:
+	rm -rf $(VENV) demo_runs .pytest_cache
