@@ -1,0 +1,213 @@
+"""Video datasets for pretraining and classification, with repeated sampling and fault tolerance.
+
+Items are dicts: `video` uint8 (C, T, H, W) -- or (K, C, T, H, W) with `num_repeats` K > 1 --,
+`label`, `index`; test items also carry `clip_index` and `crop_index` (every view of a video is
+one item, ordered video-major). `collate_clips` flattens repeated clips into the batch.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from .annotations import VideoRecord
+from .decoding import FrameFolderReader, VideoDecodeError, open_video
+from .sampling import dense_clip, dense_test_clips, segment_clip
+from .transforms import eval_transform, finetune_train_transform, pretrain_transform
+
+MODES = ("pretrain", "train", "val", "test")
+
+
+class TooManyBadVideos(RuntimeError):
+    pass
+
+
+@dataclass
+class ClipConfig:
+    num_frames: int = 16
+    sampling: str = "dense"        # "dense" (K400, pretraining) or "segment" (TSN, SSv2 fine-tuning)
+    sampling_rate: int = 4         # dense only: K400 4, SSv2 2
+    img_size: int = 224
+    num_clips: int = 1             # test views: clips x crops
+    num_crops: int = 1
+    num_repeats: int = 1           # clips cut from one decode (MAE-ST repeat_aug / num_sample)
+    short_videos: str = "clamp"    # or "loop"
+    min_frames: int = 1            # fewer decodable frames counts as a bad video
+
+
+@dataclass
+class FaultPolicy:
+    """Training only: a bad video is replaced by a random other one (at most `max_retries` times in
+    a row), appended to `log_file`; more than `max_ratio` bad among at least `min_seen` loads
+    stops the run."""
+    log_file: str | None = None
+    max_retries: int = 10
+    max_ratio: float = 0.05
+    min_seen: int = 20
+    seen: int = field(default=0, init=False)
+    bad: int = field(default=0, init=False)
+
+
+class VideoDataset(Dataset):
+    def __init__(self, records: list[VideoRecord], mode: str, clip: ClipConfig | None = None,
+                 transform=None, backend: str = "decord", decode_short_side: int | None = None,
+                 faults: FaultPolicy | None = None, seed: int = 0):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.records, self.mode = records, mode
+        self.clip = clip or ClipConfig()
+        if self.clip.sampling not in ("dense", "segment"):
+            raise ValueError(f"sampling must be 'dense' or 'segment', got {self.clip.sampling!r}")
+        self.backend, self.decode_short_side = backend, decode_short_side
+        self.faults = faults or FaultPolicy()
+        self.seed, self.epoch = seed, 0
+        if transform is None:
+            size = self.clip.img_size
+            transform = {"pretrain": lambda: pretrain_transform(size),
+                         "train": lambda: finetune_train_transform(size),
+                         "val": lambda: eval_transform(size),
+                         "test": lambda: None}[mode]()
+        self.transform = transform
+        self._test_crops = [eval_transform(self.clip.img_size, i, self.clip.num_crops)
+                            for i in range(self.clip.num_crops)]
+
+    @property
+    def training(self) -> bool:
+        return self.mode in ("pretrain", "train")
+
+    @property
+    def views_per_video(self) -> int:
+        return self.clip.num_clips * self.clip.num_crops if self.mode == "test" else 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation randomness is a function of (seed, epoch, index): resumable, worker-free."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records) * self.views_per_video
+
+    # -- decoding -----------------------------------------------------------------------------
+    def open(self, record: VideoRecord):
+        if record.num_frames is not None:
+            return FrameFolderReader(record.path, record.num_frames, short_side=self.decode_short_side)
+        return open_video(record.path, self.backend, self.decode_short_side)
+
+    def _indices(self, n: int, rng, clip_index: int = 0) -> list[int]:
+        c = self.clip
+        if c.sampling == "segment":
+            return segment_clip(n, c.num_frames, rng if self.training else None, clip_index,
+                                c.num_clips if self.mode == "test" else 1)
+        if self.training:
+            return dense_clip(n, c.num_frames, c.sampling_rate, rng, c.short_videos)
+        clips = dense_test_clips(n, c.num_frames, c.sampling_rate,
+                                 c.num_clips if self.mode == "test" else 1, c.short_videos)
+        return clips[clip_index if self.mode == "test" else 0]
+
+    def _load(self, index: int, rng: np.random.Generator, clip_index: int = 0, crop_index: int = 0):
+        record = self.records[index]
+        with self.open(record) as reader:
+            n = len(reader)
+            if n < self.clip.min_frames:
+                raise VideoDecodeError(f"{record.path} has {n} frames, fewer than {self.clip.min_frames}")
+            repeats = self.clip.num_repeats if self.training else 1
+            # one decode for all repeats: the union of the sampled indices
+            wanted = [self._indices(n, rng, clip_index) for _ in range(repeats)]
+            unique = sorted(set(i for clip in wanted for i in clip))
+            decoded = torch.from_numpy(reader.get_frames(unique)).permute(0, 3, 1, 2)  # T, C, H, W
+        position = {frame: k for k, frame in enumerate(unique)}
+        clips = []
+        for clip in wanted:
+            frames = decoded[[position[i] for i in clip]]
+            transform = self._test_crops[crop_index] if self.mode == "test" else self.transform
+            frames = transform(frames, rng) if transform is not None else frames
+            clips.append(frames.permute(1, 0, 2, 3).contiguous())  # C, T, H, W
+        item = {"index": index, "label": record.label}
+        if repeats > 1:
+            item["video"] = torch.stack(clips)
+            item["label"] = torch.full((repeats,), record.label, dtype=torch.long)
+        else:
+            item["video"] = clips[0]
+        return item
+
+    # -- items ----------------------------------------------------------------------------------
+    def __getitem__(self, i: int) -> dict:
+        if self.mode == "test":
+            views = self.views_per_video
+            index, view = divmod(i, views)
+            clip_index, crop_index = divmod(view, self.clip.num_crops)
+            item = self._load(index, np.random.default_rng([self.seed, index]), clip_index, crop_index)
+            return {**item, "clip_index": clip_index, "crop_index": crop_index}
+        if not self.training:
+            return self._load(i, np.random.default_rng([self.seed, i]))
+        index = i
+        for attempt in range(self.faults.max_retries + 1):
+            rng = np.random.default_rng([self.seed, self.epoch, index, attempt])
+            self.faults.seen += 1
+            try:
+                return self._load(index, rng)
+            except (VideoDecodeError, IndexError, OSError, ValueError) as err:
+                self._record_failure(self.records[index], err)
+                index = int(rng.integers(len(self.records)))
+        raise TooManyBadVideos(f"{self.faults.max_retries + 1} videos in a row failed to load "
+                               f"(last: {self.records[index].path}); is the data root right?")
+
+    def _record_failure(self, record: VideoRecord, err: Exception) -> None:
+        policy = self.faults
+        policy.bad += 1
+        if policy.log_file:
+            message = str(err).replace("\n", " ")
+            with open(policy.log_file, "a", encoding="utf-8") as handle:
+                handle.write(f"{record.path}\t{record.where}\t{message}\n")
+        if policy.seen >= policy.min_seen and policy.bad > policy.max_ratio * policy.seen:
+            where = f"; they are listed in {policy.log_file}" if policy.log_file else ""
+            raise TooManyBadVideos(
+                f"{policy.bad} of {policy.seen} videos failed to load in one loader worker "
+                f"({policy.bad / policy.seen:.0%} > DATA.MAX_BAD_RATIO={policy.max_ratio}){where}. "
+                "Check the files with tools/check_videos.py and drop the bad ones from the list.")
+
+
+def collate_clips(batch: list[dict]) -> dict:
+    """Default collation, then repeated clips (B, K, C, T, H, W) flattened to (B*K, C, T, H, W)."""
+    out = default_collate(batch)
+    video = out["video"]
+    if video.ndim == 6:
+        b, k = video.shape[:2]
+        out["video"] = video.flatten(0, 1)
+        out["label"] = out["label"].flatten(0, 1)
+        out["index"] = out["index"].repeat_interleave(k)
+    return out
+
+
+def read_failure_log(path: str | os.PathLike) -> list[str]:
+    """Paths listed in a failure log (one per bad load)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [line.split("\t", 1)[0] for line in handle if line.strip()]
+
+
+def worker_init(_worker_id: int) -> None:
+    # many workers x many intra-op threads oversubscribe the CPU that decoding needs
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: VideoDataset, batch_size: int, num_workers: int = 4, shuffle: bool | None = None,
+                sampler=None, drop_last: bool | None = None, timeout: float = 600.0, seed: int = 0):
+    """A DataLoader with the settings video loading needs: one torch thread per worker, persistent
+    workers, a timeout so a stuck decoder surfaces as an error instead of a hang, repeated clips
+    flattened."""
+    training = dataset.training
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers,
+        shuffle=(training if shuffle is None else shuffle) if sampler is None else False,
+        sampler=sampler, drop_last=training if drop_last is None else drop_last,
+        collate_fn=collate_clips, pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0, timeout=timeout if num_workers > 0 else 0,
+        worker_init_fn=worker_init, generator=generator,
+        prefetch_factor=4 if num_workers > 0 else None)
+
+

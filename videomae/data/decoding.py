@@ -1,0 +1,285 @@
+"""Video decoding behind one small interface: decord (default) and PyAV.
+
+    reader = open_video("clip.mp4")            # or bytes, or backend="pyav"
+    len(reader), reader.fps
+    frames = reader.get_frames([0, 2, 4])      # uint8 numpy (T, H, W, C), RGB
+
+`open_video` falls back to PyAV when decord is not installed or cannot open the file; a file that
+neither backend reads raises `VideoDecodeError` naming it.
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Sequence, Union
+
+import numpy as np
+
+Source = Union[str, os.PathLike, bytes]
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot be opened or decoded; the message names the file."""
+
+
+def _name(source: Source) -> str:
+    return f"<{len(source)} bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+
+
+def _as_file(source: Source):
+    return io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+
+
+def short_side_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+    """(height, width) with the short side scaled to `short_side`, aspect kept, sizes even."""
+    if not short_side or min(height, width) == short_side:
+        return height, width
+    scale = short_side / min(height, width)
+    if height <= width:
+        return short_side, int(round(width * scale / 2) * 2)
+    return int(round(height * scale / 2) * 2), short_side
+
+
+class VideoReader:
+    """Interface: `len(reader)`, `reader.fps`, `reader.get_frames(indices)`."""
+
+    backend = "base"
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def fps(self) -> float:
+        raise NotImplementedError
+
+    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _check(self, indices) -> list[int]:
+        indices = [int(i) for i in indices]
+        n = len(self)
+        bad = [i for i in indices if not 0 <= i < n]
+        if bad:
+            raise IndexError(f"{self.name}: frame indices {bad[:5]} outside [0, {n})")
+        return indices
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class DecordReader(VideoReader):
+    backend = "decord"
+
+    def __init__(self, source: Source, short_side: int | None = None, num_threads: int = 1):
+        import decord
+
+        self.name = _name(source)
+        size = {}
+        if short_side:
+            height, width = probe_size(source)
+            h, w = short_side_size(height, width, short_side)
+            size = dict(height=h, width=w)
+        try:
+            # one thread per reader: loaders run many readers in parallel workers
+            self._vr = decord.VideoReader(_as_file(source), ctx=decord.cpu(0), num_threads=num_threads, **size)
+            self._len = len(self._vr)
+        except Exception as err:  # decord raises its own DECORDError and plain RuntimeErrors
+            raise VideoDecodeError(f"decord cannot open {self.name}: {err}") from err
+        if self._len == 0:
+            raise VideoDecodeError(f"{self.name} has no video frames")
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def fps(self) -> float:
+        return float(self._vr.get_avg_fps())
+
+    def get_frames(self, indices) -> np.ndarray:
+        indices = self._check(indices)
+        try:
+            frames = self._vr.get_batch(indices).asnumpy()
+        except Exception as err:
+            raise VideoDecodeError(f"decord cannot decode frames {indices[:4]}... of {self.name}: {err}") from err
+        # rewinding releases decord's cached decoder state; without it memory grows with get_batch
+        self._vr.seek(0)
+        return frames
+
+    def close(self) -> None:
+        self._vr = None
+
+
+class PyAVReader(VideoReader):
+    """PyAV decoding. Frames are numbered in presentation order; a request seeks to the nearest
+    keyframe before the first wanted frame and decodes forward, so re-encoding with a short
+    keyframe interval (datasets/reencode.py) makes random access cheap."""
+
+    backend = "pyav"
+
+    def __init__(self, source: Source, short_side: int | None = None, num_threads: int = 1):
+        import av
+
+        self.name = _name(source)
+        self._source = source
+        self._short_side = short_side
+        try:
+            self._container = av.open(_as_file(source))
+            if not self._container.streams.video:
+                raise VideoDecodeError(f"{self.name} has no video stream")
+            self._stream = self._container.streams.video[0]
+            self._stream.thread_type = "AUTO" if num_threads != 1 else "SLICE"
+            self._len = self._count_frames()
+        except VideoDecodeError:
+            raise
+        except Exception as err:
+            raise VideoDecodeError(f"PyAV cannot open {self.name}: {err}") from err
+        if self._len == 0:
+            raise VideoDecodeError(f"{self.name} has no video frames")
+        height, width = self._stream.codec_context.height, self._stream.codec_context.width
+        self._size = short_side_size(height, width, short_side)
+
+    def _count_frames(self) -> int:
+        # headers of webm (SSv2) and some mp4s carry no frame count: count packets (no decoding)
+        self._pts = sorted(p.pts for p in self._container.demux(self._stream) if p.pts is not None and p.size)
+        self._container.seek(0)
+        return len(self._pts)
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def fps(self) -> float:
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        return float(rate) if rate else 0.0
+
+    def _to_rgb(self, frame) -> np.ndarray:
+        h, w = self._size
+        if (h, w) != (frame.height, frame.width):
+            return frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BILINEAR")
+        return frame.to_ndarray(format="rgb24")
+
+    def get_frames(self, indices) -> np.ndarray:
+        indices = self._check(indices)
+        wanted = sorted(set(indices))
+        index_of_pts = {pts: i for i, pts in enumerate(self._pts)}
+        out: dict[int, np.ndarray] = {}
+        try:
+            self._container.seek(self._pts[wanted[0]], stream=self._stream, backward=True, any_frame=False)
+            for frame in self._container.decode(self._stream):
+                i = index_of_pts.get(frame.pts)
+                if i is None:
+                    continue
+                if i in wanted and i not in out:
+                    out[i] = self._to_rgb(frame)
+                if i >= wanted[-1]:
+                    break
+        except Exception as err:
+            raise VideoDecodeError(f"PyAV cannot decode {self.name}: {err}") from err
+        missing = [i for i in wanted if i not in out]
+        if missing:
+            raise VideoDecodeError(f"{self.name}: frames {missing[:5]} could not be decoded (truncated file?)")
+        return np.stack([out[i] for i in indices])
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def probe_size(source: Source) -> tuple[int, int]:
+    """(height, width) of the first video stream, read from the container header."""
+    import av
+
+    try:
+        with av.open(_as_file(source)) as container:
+            ctx = container.streams.video[0].codec_context
+            return ctx.height, ctx.width
+    except Exception as err:
+        raise VideoDecodeError(f"cannot read the size of {_name(source)}: {err}") from err
+
+
+BACKENDS = {"decord": DecordReader, "pyav": PyAVReader}
+
+
+def decord_available() -> bool:
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def open_video(source: Source, backend: str = "decord", short_side: int | None = None,
+               fallback: bool = True, num_threads: int = 1) -> VideoReader:
+    """Open a video file or in-memory bytes. With `fallback`, a decord failure (or decord not
+    installed) retries with PyAV before giving up."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; choose from {sorted(BACKENDS)}")
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.exists(source):
+            raise VideoDecodeError(f"video file not found: {source}")
+        if os.path.getsize(source) == 0:
+            raise VideoDecodeError(f"video file is empty (0 bytes): {source}")
+    if backend == "decord" and not decord_available():
+        if not fallback:
+            raise ImportError("decord is not installed; use backend='pyav'")
+        backend = "pyav"
+    try:
+        return BACKENDS[backend](source, short_side=short_side, num_threads=num_threads)
+    except VideoDecodeError as first:
+        if backend != "decord" or not fallback:
+            raise
+        try:
+            return PyAVReader(source, short_side=short_side, num_threads=num_threads)
+        except VideoDecodeError as second:
+            raise VideoDecodeError(f"{first}; PyAV fallback: {second}") from second
+
+
+def decode_frames(source: Source, indices: Sequence[int], backend: str = "decord",
+                  short_side: int | None = None) -> np.ndarray:
+    """Open, decode the given frames (uint8 (T, H, W, C)), close."""
+    with open_video(source, backend, short_side) as reader:
+        return reader.get_frames(indices)
+
+
+
+
+class FrameFolderReader(VideoReader):
+    """Raw frames in a folder (`img_00001.jpg`, ...; VideoMAE V2's SSv2 layout)."""
+
+    backend = "rawframes"
+
+    def __init__(self, folder: str, num_frames: int, template: str = "img_{:05}.jpg", start: int = 1,
+                 short_side: int | None = None, fps: float = 12.0):
+        self.name, self._len, self._template, self._start = folder, num_frames, template, start
+        self._short_side, self._fps = short_side, fps
+        if not os.path.isdir(folder):
+            raise VideoDecodeError(f"frame folder not found: {folder}")
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def fps(self) -> float:
+        return self._fps
+
+    def get_frames(self, indices) -> np.ndarray:
+        from PIL import Image
+
+        out = []
+        for i in self._check(indices):
+            path = os.path.join(self.name, self._template.format(i + self._start))
+            try:
+                with Image.open(path) as image:
+                    image = image.convert("RGB")
+                    if self._short_side:
+                        h, w = short_side_size(image.height, image.width, self._short_side)
+                        image = image.resize((w, h), Image.BILINEAR)
+                    out.append(np.asarray(image))
+            except Exception as err:
+                raise VideoDecodeError(f"cannot read frame {path}: {err}") from err
+        return np.stack(out)
