@@ -72,7 +72,7 @@ def read_video_list(list_file: str | os.PathLike, data_root: str | os.PathLike =
                 path, label = fields[0], -1
                 _parse_int(fields[1], "start index", where)
                 _parse_int(fields[2], "frame count", where)
-            if label < 0 and not (allow_unlabeled and label == -1):
+            if label < 0 and not ((allow_unlabeled or fmt == "v2_pretrain") and label == -1):
                 raise AnnotationError(f"{where}: label {label} is negative")
             if num_classes is not None and label >= num_classes:
                 raise AnnotationError(f"{where}: label {label} is not a known class "
