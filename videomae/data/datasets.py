@@ -33,7 +33,7 @@ class ClipConfig:
     img_size: int = 224
     num_clips: int = 1             # test views: clips x crops
     num_crops: int = 1
-    num_repeats: int = 1           # clips cut from one decode (MAE-ST repeat_aug / num_sample)
+    num_repeats: int = 1           # augmented copies of one decoded clip (MAE-ST repeat_aug)
     short_videos: str = "clamp"    # or "loop"
     min_frames: int = 1            # fewer decodable frames counts as a bad video
 
@@ -95,7 +95,7 @@ class VideoDataset(Dataset):
             return FrameFolderReader(record.path, record.num_frames, short_side=self.decode_short_side)
         return open_video(record.path, self.backend, self.decode_short_side)
 
-    def _indices(self, n: int, rng, clip_index: int = 0) -> list[int]:
+    def clip_indices(self, n: int, rng, clip_index: int = 0) -> list[int]:
         c = self.clip
         if c.sampling == "segment":
             return segment_clip(n, c.num_frames, rng if self.training else None, clip_index,
@@ -113,17 +113,14 @@ class VideoDataset(Dataset):
             if n < self.clip.min_frames:
                 raise VideoDecodeError(f"{record.path} has {n} frames, fewer than {self.clip.min_frames}")
             repeats = self.clip.num_repeats if self.training else 1
-            # one decode for all repeats: the union of the sampled indices
-            wanted = [self._indices(n, rng, clip_index) for _ in range(repeats)]
-            unique = sorted(set(i for clip in wanted for i in clip))
-            decoded = torch.from_numpy(reader.get_frames(unique)).permute(0, 3, 1, 2)  # T, C, H, W
-        position = {frame: k for k, frame in enumerate(unique)}
-        clips = []
-        for clip in wanted:
-            frames = decoded[[position[i] for i in clip]]
-            transform = self._test_crops[crop_index] if self.mode == "test" else self.transform
-            frames = transform(frames, rng) if transform is not None else frames
-            clips.append(frames.permute(1, 0, 2, 3).contiguous())  # C, T, H, W
+            indices = self.clip_indices(n, rng, clip_index)
+            # (T, C, H, W) view of channels-last memory: the layout uint8 resizing is fastest on
+            frames = torch.from_numpy(reader.get_frames(indices)).permute(0, 3, 1, 2)
+        # repeated sampling (MAE-ST repeat_aug, VideoMAE V2 num_sample): one decoded clip, K
+        # independent spatial augmentations; the model then draws a different mask for each
+        transform = self._test_crops[crop_index] if self.mode == "test" else self.transform
+        clips = [(transform(frames, rng) if transform is not None else frames).permute(1, 0, 2, 3).contiguous()
+                 for _ in range(repeats)]  # each C, T, H, W
         item = {"index": index, "label": record.label}
         if repeats > 1:
             item["video"] = torch.stack(clips)

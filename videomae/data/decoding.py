@@ -104,14 +104,13 @@ class DecordReader(VideoReader):
     def get_frames(self, indices) -> np.ndarray:
         indices = self._check(indices)
         try:
-            frames = self._vr.get_batch(indices).asnumpy()
+            return self._vr.get_batch(indices).asnumpy()
         except Exception as err:
             raise VideoDecodeError(f"decord cannot decode frames {indices[:4]}... of {self.name}: {err}") from err
-        # rewinding releases decord's cached decoder state; without it memory grows with get_batch
-        self._vr.seek(0)
-        return frames
 
     def close(self) -> None:
+        # readers live for one item: dropping decord's reader frees its frame buffers (long-lived
+        # readers are what makes decord's memory grow)
         self._vr = None
 
 

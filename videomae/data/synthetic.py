@@ -102,7 +102,7 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 12, keyint
 
 def make_synthetic_dataset(root: str | os.PathLike, videos_per_class: int = 12, val_per_class: int = 4,
                            num_frames: int = 32, height: int = 96, width: int = 128, fps: int = 12,
-                           seed: int = 0) -> dict:
+                           seed: int = 0, keyint: int = 8) -> dict:
     """Write videos under `root/videos/` and the lists `train.csv`, `val.csv`, `test.csv` (test = val,
     as in VideoMAE) plus `classes.json`. Returns counts. Existing complete output is reused."""
     root = Path(root)
@@ -116,7 +116,8 @@ def make_synthetic_dataset(root: str | os.PathLike, videos_per_class: int = 12, 
         for i in range(videos_per_class + val_per_class):
             split = "train" if i < videos_per_class else "val"
             rel = f"videos/{split}_{label:02d}_{i:03d}.mp4"
-            write_mp4(root / rel, render_clip(label, num_frames, height, width, rng), fps=fps)
+            write_mp4(root / rel, render_clip(label, num_frames, height, width, rng), fps=fps,
+                      keyint=keyint)
             splits[split].append(f"{rel} {label}")
     for split, lines in splits.items():
         (root / f"{split}.csv").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,96 @@
+"""Dataset preparation scripts and the video checker, run as a user runs them."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from videomae.data import read_video_list
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script, *args, check=True):
+    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True,
+                            text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stdout + result.stderr)
+    return result
+
+
+def test_ssv2_prepare(tmp_path, synthetic_root):
+    ann, videos = tmp_path / "ann", tmp_path / "videos"
+    ann.mkdir()
+    videos.mkdir()
+    labels = {"Moving something from left to right": "0", "Putting something on a surface": "1"}
+    (ann / "something-something-v2-labels.json").write_text(json.dumps(labels))
+    train = [{"id": "11", "label": "moving a cup from left to right",
+              "template": "Moving [something] from left to right", "placeholders": ["a cup"]},
+             {"id": "12", "label": "putting a pen on a surface", "template": "Putting [something] on a surface",
+              "placeholders": ["a pen"]}]
+    val = [{"id": "21", "label": "x", "template": "Putting [something] on a surface", "placeholders": ["x"]}]
+    (ann / "something-something-v2-train.json").write_text(json.dumps(train))
+    (ann / "something-something-v2-validation.json").write_text(json.dumps(val))
+    for vid in ("11", "12", "21"):
+        shutil.copy(synthetic_root / "videos" / "train_00_000.mp4", videos / f"{vid}.webm")
+    run("datasets/ssv2/prepare.py", "--annotations", ann, "--videos", videos, "--out", tmp_path / "lists")
+    recs = read_video_list(tmp_path / "lists" / "train.csv", videos, num_classes=2)
+    assert [(Path(r.path).name, r.label) for r in recs] == [("11.webm", 0), ("12.webm", 1)]
+    assert (tmp_path / "lists" / "test.csv").read_text() == "21.webm 1\n"
+    # a missing video beyond the tolerance is an error naming the folder
+    (videos / "12.webm").unlink()
+    result = run("datasets/ssv2/prepare.py", "--annotations", ann, "--videos", videos, "--out",
+                 tmp_path / "lists", "--allow-missing", "0", check=False)
+    assert result.returncode != 0 and "missing" in result.stderr
+
+
+def test_kinetics_prepare_reports_missing(tmp_path, synthetic_root):
+    csv = tmp_path / "train.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\n"
+                   "abseiling,aaa,10,20,train\nzumba,bbb,0,10,train\nabseiling,ccc,5,15,train\n")
+    videos = tmp_path / "videos"
+    (videos / "zumba").mkdir(parents=True)
+    shutil.copy(synthetic_root / "videos" / "train_00_000.mp4", videos / "aaa_000010_000020.mp4")
+    shutil.copy(synthetic_root / "videos" / "train_00_001.mp4", videos / "zumba" / "bbb_000000_000010.mp4")
+    out = tmp_path / "lists"
+    result = run("datasets/kinetics/prepare.py", "--csv", csv, "--split-name", "train", "--videos", videos,
+                 "--out", out)
+    assert "1 missing" in result.stdout
+    assert (out / "train.csv").read_text() == "aaa_000010_000020.mp4 0\nzumba/bbb_000000_000010.mp4 1\n"
+    assert (out / "train_missing.txt").read_text() == "ccc_000005_000015.mp4\n"
+    assert json.loads((out / "classes.json").read_text()) == {"abseiling": 0, "zumba": 1}
+
+
+def test_check_videos_lists_the_bad_ones(tmp_path, synthetic_root):
+    good = synthetic_root / "videos" / "train_03_000.mp4"
+    truncated = tmp_path / "cut.mp4"
+    truncated.write_bytes(good.read_bytes()[:2000])
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"{good} 3\n{truncated} 1\nempty.mp4 2\n")
+    result = run("tools/check_videos.py", "--list", listing, "--root", tmp_path, "--workers", "2",
+                 "--out", tmp_path / "bad.txt", "--write-clean", tmp_path / "clean.csv", check=False)
+    assert result.returncode == 1 and "2 bad" in result.stdout
+    bad = (tmp_path / "bad.txt").read_text()
+    assert "cut.mp4" in bad and "empty.mp4" in bad and f"{listing}:2" in bad
+    assert (tmp_path / "clean.csv").read_text() == f"{good} 3\n"
+
+
+def test_reencode_short_side_and_keyframes(tmp_path, sample_videos):
+    from videomae.data import open_video
+
+    src = Path(sample_videos["carphone_pristine.mp4"])
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"{src.name} 0\n")
+    run("datasets/reencode.py", "--list", listing, "--root", src.parent, "--out", tmp_path / "out",
+        "--short-side", "96", "--keyint", "8", "--workers", "1")
+    out = tmp_path / "out" / src.name
+    reader = open_video(out)
+    assert reader.get_frames([0]).shape == (1, 96, 118, 3)
+    assert len(reader) == len(open_video(src))
+    import av
+    with av.open(str(out)) as container:
+        keyframes = sum(p.is_keyframe for p in container.demux(video=0) if p.size)
+    assert keyframes >= len(reader) // 8
