@@ -93,7 +93,8 @@ class VideoEncoder(nn.Module):
         cfg.num_frames, cfg.img_size = num_frames or cfg.num_frames, img_size or cfg.img_size
 
     def embed(self, video: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(video)  # [B, N, D]
+        # the loader's float32 clip meets bf16/fp16 weights here; targets keep the float32 original
+        x = self.patch_embed(video.to(self.patch_embed.proj.weight.dtype))  # [B, N, D]
         if x.shape[1] != self.num_patches:
             raise ValueError(f"video of shape {tuple(video.shape)} gives {x.shape[1]} tokens, the model "
                              f"was built for grid {self.grid_size} ({self.num_patches} tokens): pass "

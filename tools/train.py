@@ -1,0 +1,57 @@
+"""Train: pretraining, fine-tuning or linear probing, as the config's TASK says.
+
+    python tools/train.py --config configs/pretrain/ssv2_vit_b.yaml OUTPUT_DIR runs/x TRAIN.BATCH_SIZE 16
+    torchrun --nproc_per_node 8 tools/train.py --config ...
+    deepspeed tools/train.py --config ...
+    sbatch tools/slurm/train.sbatch configs/pretrain/k400_vit_b.yaml OUTPUT_DIR runs/k400
+
+A run in an OUTPUT_DIR that holds checkpoints resumes from the newest complete one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from videomae.engine.config import ConfigError, load_config  # noqa: E402
+
+
+def build_task(cfg):
+    from videomae.engine.tasks import PretrainTask
+
+    tasks = {"pretrain": PretrainTask}
+    try:
+        from videomae.engine.classification import ClassificationTask, LinearProbeTask
+        tasks.update(finetune=ClassificationTask, linprobe=LinearProbeTask)
+    except ImportError:
+        pass
+    if cfg.TASK not in tasks:
+        raise ConfigError(f"TASK {cfg.TASK!r} is not available; choose from {sorted(tasks)}")
+    return tasks[cfg.TASK](cfg)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config (may inherit with _BASE_)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE pairs, e.g. TRAIN.EPOCHS 10")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    from videomae.engine.trainer import Trainer
+
+    trainer = Trainer(cfg, build_task(cfg))
+    result = trainer.fit()
+    if trainer.info.is_main:
+        print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""DeepSpeed checkpoints with an atomic "latest complete" marker, auto-resume, and consolidated
+fp32 weights (`model.pt`, official VideoMAE key names, loadable with `weights_only=True`).
+
+Layout under OUTPUT_DIR/checkpoints:
+    step_00000120/        DeepSpeed's files + COMPLETE (written after every rank finished)
+    LATEST                tag of the newest complete checkpoint (written with os.replace)
+A job killed mid-save leaves a tag folder without COMPLETE, which resume ignores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import torch
+
+from .distributed import barrier
+
+MARKER, LATEST = "COMPLETE", "LATEST"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def save(engine, ckpt_dir: str, step: int, client_state: dict, is_main: bool, keep: int = 2,
+         world_size: int = 1) -> str:
+    tag = tag_for(step)
+    os.makedirs(ckpt_dir, exist_ok=True)
+    engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
+    barrier()  # every rank's shard is on disk before the checkpoint is declared complete
+    if is_main:
+        facts = {"step": step, "world_size": world_size, "zero_stage": engine.zero_optimization_stage()}
+        _atomic_write_text(os.path.join(ckpt_dir, tag, MARKER), json.dumps(facts) + "\n")
+        _atomic_write_text(os.path.join(ckpt_dir, LATEST), tag)
+        for old in complete_tags(ckpt_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(os.path.join(ckpt_dir, old), ignore_errors=True)
+            shutil.rmtree(os.path.join(ckpt_dir, f"{old}_universal"), ignore_errors=True)
+    barrier()
+    return os.path.join(ckpt_dir, tag)
+
+
+def complete_tags(ckpt_dir: str) -> list[str]:
+    if not os.path.isdir(ckpt_dir):
+        return []
+    tags = [t for t in os.listdir(ckpt_dir)
+            if re.fullmatch(r"step_\d{8}", t) and os.path.exists(os.path.join(ckpt_dir, t, MARKER))]
+    return sorted(tags)
+
+
+def latest_tag(ckpt_dir: str) -> str | None:
+    """The tag LATEST names if it is complete, else the newest complete one, else None."""
+    marker = os.path.join(ckpt_dir, LATEST)
+    if os.path.exists(marker):
+        tag = open(marker).read().strip()
+        if os.path.exists(os.path.join(ckpt_dir, tag, MARKER)):
+            return tag
+    tags = complete_tags(ckpt_dir)
+    return tags[-1] if tags else None
+
+
+def checkpoint_facts(ckpt_dir: str, tag: str) -> dict:
+    return json.loads(open(os.path.join(ckpt_dir, tag, MARKER)).read())
+
+
+def needs_universal(ckpt_dir: str, world_size: int) -> str | None:
+    """The latest tag when it holds ZeRO partitions for another world size (DeepSpeed cannot load
+    those directly; its universal format can be loaded at any world size)."""
+    tag = latest_tag(ckpt_dir)
+    if tag is None:
+        return None
+    facts = checkpoint_facts(ckpt_dir, tag)
+    if facts.get("zero_stage", 0) > 0 and facts.get("world_size", world_size) != world_size:
+        return tag
+    return None
+
+
+def convert_to_universal(ckpt_dir: str, tag: str) -> str:
+    """Convert `tag` with deepspeed.checkpoint.ds_to_universal into `<tag>_universal` (once)."""
+    out_tag = f"{tag}_universal"
+    out = os.path.join(ckpt_dir, out_tag)
+    if os.path.exists(os.path.join(out, MARKER)):
+        return out_tag
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+           os.path.join(ckpt_dir, tag), "--output_folder", out, "--num_extract_workers", "1",
+           "--num_merge_workers", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"converting {os.path.join(ckpt_dir, tag)} for a new world size failed:\n"
+                           f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    shutil.copy(os.path.join(ckpt_dir, tag, MARKER), os.path.join(out, MARKER))
+    return out_tag
+
+
+def resume(engine, ckpt_dir: str, tag: str | None = None) -> dict | None:
+    """Load the newest complete checkpoint (or `tag`) into the engine; return its client state."""
+    tag = tag or latest_tag(ckpt_dir)
+    if tag is None:
+        return None
+    path, client_state = engine.load_checkpoint(ckpt_dir, tag=tag, load_module_strict=True,
+                                                load_optimizer_states=True, load_lr_scheduler_states=False)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {os.path.join(ckpt_dir, tag)}")
+    return client_state or {}
+
+
+def fp32_state_dict(engine, ckpt_dir: str | None = None, tag: str | None = None) -> dict:
+    """Full fp32 weights. Without ZeRO sharding or reduced precision the module already holds
+    them; otherwise they are rebuilt from the fp32 master copies in a saved checkpoint."""
+    stage = engine.zero_optimization_stage()
+    if stage == 0 and not (engine.bfloat16_enabled() or engine.fp16_enabled()):
+        return {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag)
+    # buffers that are not parameters (non-persistent ones are absent anyway) come from the module
+    module_state = engine.module.state_dict()
+    return {k: (state[k] if k in state else v.detach().float().cpu()) for k, v in module_state.items()}
+
+
+def save_model_file(state_dict: dict, path: str, extra: dict | None = None) -> None:
+    """`{"model": state_dict, ...}` written atomically; plain tensors, ints and strings only."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save({"model": {k: v.contiguous() for k, v in state_dict.items()}, **(extra or {})}, tmp)
+    os.replace(tmp, path)
+
+
+def load_model_file(path: str) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)

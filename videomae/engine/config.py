@@ -1,0 +1,191 @@
+"""All defaults in one place, as an fvcore CfgNode (yacs): YAML files inherit with `_BASE_`, the
+command line overrides with `KEY VALUE` pairs, unknown keys and wrong types are errors naming the
+key. The resolved config is written next to every run's checkpoints.
+
+    cfg = load_config("configs/pretrain/ssv2_vit_b.yaml", ["TRAIN.BATCH_SIZE", "16"])
+"""
+from __future__ import annotations
+
+import os
+
+from fvcore.common.config import CfgNode as _CfgNode
+
+
+class CfgNode(_CfgNode):
+    """yacs/fvcore node whose errors name the offending key and file."""
+
+
+C = CfgNode()
+C.OUTPUT_DIR = "runs/default"
+C.SEED = 0
+C.TASK = "pretrain"                  # pretrain | finetune | linprobe
+
+C.MODEL = CfgNode()
+C.MODEL.NAME = "pretrain_videomae_base_patch16_224"   # any registered timm name
+C.MODEL.NUM_FRAMES = 16
+C.MODEL.IMG_SIZE = 224
+C.MODEL.TUBELET_SIZE = 2
+C.MODEL.DECODER_DEPTH = 4
+C.MODEL.NORM_TARGET = True           # per-cube normalized pixel targets
+C.MODEL.POS_EMBED = "sinusoid"       # or "separable" (MAE-ST)
+C.MODEL.DROP_PATH = 0.0
+C.MODEL.HEAD_DROP = 0.0
+C.MODEL.NUM_CLASSES = 0              # classification tasks; 0 = from the dataset
+C.MODEL.GRAD_CHECKPOINTING = False
+C.MODEL.COMPILE = False
+C.MODEL.PRETRAINED = ""              # checkpoint to start from (fine-tuning)
+
+C.MASK = CfgNode()
+C.MASK.TYPE = "tube"
+C.MASK.RATIO = 0.9
+C.MASK.DECODER_TYPE = ""             # "running_cell" for VideoMAE V2 dual masking
+C.MASK.DECODER_RATIO = 0.5
+
+C.DATA = CfgNode()
+C.DATA.DATASET = "ssv2"              # ssv2 | kinetics | synthetic | custom: picks flip/sampling defaults
+C.DATA.ROOT = ""                     # prefix for relative paths in the lists
+C.DATA.LIST_DIR = ""                 # folder holding train.csv / val.csv / test.csv
+C.DATA.TRAIN_LIST = "train.csv"
+C.DATA.VAL_LIST = "val.csv"
+C.DATA.TEST_LIST = "test.csv"
+C.DATA.LIST_FORMAT = "video"         # video | rawframes | v2_pretrain
+C.DATA.NUM_CLASSES = 0
+C.DATA.SAMPLING_RATE = 2             # dense sampling stride: SSv2 2, K400 4
+C.DATA.FINETUNE_SAMPLING = "segment"  # segment (SSv2 TSN) | dense (K400)
+C.DATA.NUM_REPEATS = 1               # repeated sampling: augmented copies per decoded clip
+C.DATA.FLIP = False                  # SSv2 labels say left/right: no flip
+C.DATA.BACKEND = "decord"
+C.DATA.DECODE_SHORT_SIDE = 0         # 0 = decode at native size
+C.DATA.NUM_WORKERS = 8
+C.DATA.MAX_BAD_RATIO = 0.05
+C.DATA.LOADER_TIMEOUT = 600.0
+C.DATA.RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"
+C.DATA.RANDOM_ERASING = 0.25
+C.DATA.TEST_NUM_CLIPS = 2
+C.DATA.TEST_NUM_CROPS = 3
+
+C.TRAIN = CfgNode()
+C.TRAIN.BATCH_SIZE = 32              # videos per process per micro-step
+C.TRAIN.ACCUM_STEPS = 1
+C.TRAIN.EPOCHS = 800
+C.TRAIN.MAX_STEPS = 0                # > 0: stop after this many optimizer steps (smoke runs, demos)
+C.TRAIN.WARMUP_EPOCHS = 40
+C.TRAIN.BASE_LR = 1.5e-4             # lr = BASE_LR x total batch / 256
+C.TRAIN.MIN_LR = 1e-5                # also scaled by total batch / 256
+C.TRAIN.WARMUP_LR = 0.0
+C.TRAIN.WEIGHT_DECAY = 0.05
+C.TRAIN.BETAS = (0.9, 0.95)
+C.TRAIN.EPS = 1e-8
+C.TRAIN.CLIP_GRAD = 0.0              # 0 = off
+C.TRAIN.LAYER_DECAY = 1.0            # fine-tuning: 0.75
+C.TRAIN.LABEL_SMOOTHING = 0.1
+C.TRAIN.MIXUP = 0.8
+C.TRAIN.CUTMIX = 1.0
+C.TRAIN.MIXUP_SWITCH_PROB = 0.5
+C.TRAIN.EMA = 0.0                    # > 0: model EMA decay
+C.TRAIN.LOG_PERIOD = 10              # steps between JSON-lines records
+C.TRAIN.CKPT_PERIOD = 1              # epochs between checkpoints
+C.TRAIN.CKPT_STEPS = 0               # > 0: also every this many steps
+C.TRAIN.KEEP_CHECKPOINTS = 2
+C.TRAIN.EVAL_PERIOD = 1              # epochs between validations (classification)
+C.TRAIN.AUTO_RESUME = True
+
+C.DEEPSPEED = CfgNode()
+C.DEEPSPEED.ZERO_STAGE = 1
+C.DEEPSPEED.PRECISION = "bf16"       # fp32 | bf16 | fp16 (fp32 forced on CPU)
+C.DEEPSPEED.OFFLOAD_OPTIMIZER = False
+
+C.LOG = CfgNode()
+C.LOG.TENSORBOARD = True
+C.LOG.PROGRESS = True
+
+_CHOICES = {
+    "TASK": ("pretrain", "finetune", "linprobe"),
+    "MODEL.POS_EMBED": ("sinusoid", "separable"),
+    "DATA.DATASET": ("ssv2", "kinetics", "synthetic", "custom"),
+    "DATA.LIST_FORMAT": ("video", "rawframes", "v2_pretrain"),
+    "DATA.FINETUNE_SAMPLING": ("segment", "dense"),
+    "DATA.BACKEND": ("decord", "pyav"),
+    "DEEPSPEED.ZERO_STAGE": (0, 1, 2, 3),
+    "DEEPSPEED.PRECISION": ("fp32", "bf16", "fp16"),
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _all_keys(node, prefix="") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        keys += _all_keys(value, f"{prefix}{key}.") if isinstance(value, _CfgNode) else [f"{prefix}{key}"]
+    return keys
+
+
+def _explain(where: str, err: Exception) -> ConfigError:
+    """yacs says 'Non-existent key: X' (or a type mismatch); add the closest valid key."""
+    import difflib
+    import re
+
+    message = str(err.args[0]) if err.args else str(err)
+    match = re.search(r"[Nn]on-existent (?:config )?key: ([\w.]+)", message)
+    if match:
+        close = difflib.get_close_matches(match.group(1), _all_keys(C), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return ConfigError(f"{where}: unknown config key {match.group(1)}{hint}")
+    return ConfigError(f"{where}: {message}")
+
+
+def get_defaults() -> CfgNode:
+    return C.clone()
+
+
+def _lookup(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate(cfg: CfgNode) -> None:
+    for key, choices in _CHOICES.items():
+        value = _lookup(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key} = {value!r} is not one of {list(choices)}")
+    for key in ("TRAIN.BATCH_SIZE", "TRAIN.ACCUM_STEPS", "DATA.NUM_REPEATS", "MODEL.NUM_FRAMES"):
+        if _lookup(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {_lookup(cfg, key)}")
+    if not 0.0 <= cfg.MASK.RATIO < 1.0:
+        raise ConfigError(f"MASK.RATIO must be in [0, 1), got {cfg.MASK.RATIO}")
+    if cfg.MODEL.NUM_FRAMES % cfg.MODEL.TUBELET_SIZE:
+        raise ConfigError(f"MODEL.NUM_FRAMES={cfg.MODEL.NUM_FRAMES} is not a multiple of "
+                          f"MODEL.TUBELET_SIZE={cfg.MODEL.TUBELET_SIZE}")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> CfgNode:
+    """Defaults <- YAML file (with `_BASE_` chain) <- `KEY VALUE` overrides; then validated."""
+    cfg = get_defaults()
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            cfg.merge_from_file(os.fspath(path))
+        except (KeyError, AssertionError, ValueError) as err:
+            raise _explain(os.fspath(path), err) from None
+    if overrides:
+        if len(overrides) % 2:
+            raise ConfigError(f"overrides come in KEY VALUE pairs; got an odd list: {overrides}")
+        try:
+            cfg.merge_from_list(list(overrides))
+        except (KeyError, AssertionError, ValueError) as err:
+            raise _explain("command line", err) from None
+    validate(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def save_config(cfg: CfgNode, path: str | os.PathLike) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        handle.write(cfg.dump())
+    os.replace(tmp, path)

@@ -1,0 +1,76 @@
+"""What the one training loop trains. A task builds the model and its parameter groups, turns a
+batch into a loss, and (for classification) evaluates. Pretraining lives here; fine-tuning and
+linear probing plug in the same way."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import timm
+import torch
+
+from ..masking import build_masking
+from ..models.targets import IMAGENET_MEAN, IMAGENET_STD
+from .optim import param_groups
+
+
+@dataclass
+class StepContext:
+    step: int          # optimizer step this micro-batch belongs to
+    micro: int         # accumulation index within the step
+    rank: int
+    world: int
+    accum: int
+    seed: int
+
+
+def normalize_on_device(video: torch.Tensor, device) -> torch.Tensor:
+    """uint8 (B, C, T, H, W) from the loader -> float32 ImageNet-normalized, on the device."""
+    video = video.to(device, non_blocking=True).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, -1, 1, 1, 1)
+    return video.sub_(mean).div_(std)
+
+
+class PretrainTask:
+    name = "pretrain"
+    train_split = "pretrain"
+    has_eval = False
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.mask = build_masking(cfg.MASK.TYPE, cfg.MASK.RATIO)
+        self.decoder_mask = build_masking(cfg.MASK.DECODER_TYPE, cfg.MASK.DECODER_RATIO) \
+            if cfg.MASK.DECODER_TYPE else None
+
+    def build_model(self) -> torch.nn.Module:
+        m = self.cfg.MODEL
+        model = timm.create_model(m.NAME, num_frames=m.NUM_FRAMES, img_size=m.IMG_SIZE,
+                                  tubelet_size=m.TUBELET_SIZE, decoder_depth=m.DECODER_DEPTH,
+                                  norm_target=m.NORM_TARGET, pos_embed=m.POS_EMBED, drop_path_rate=m.DROP_PATH)
+        if not hasattr(model, "decoder"):
+            raise ValueError(f"MODEL.NAME={m.NAME} is not a pretraining model; use a "
+                             "pretrain_videomae_* name for TASK pretrain")
+        return model
+
+    def param_groups(self, model):
+        return param_groups(model, self.cfg.TRAIN.WEIGHT_DECAY)
+
+    def masks(self, model, clips_per_micro: int, ctx: StepContext, device):
+        """Masks for this micro-batch, cut from the masks of the whole global batch: one generator
+        per optimizer step, so a sample's mask does not depend on the world size."""
+        generator = torch.Generator(device=device).manual_seed(ctx.seed * 1_000_003 + ctx.step)
+        total = clips_per_micro * ctx.world * ctx.accum
+        chunk = ctx.micro * ctx.world + ctx.rank
+        rows = slice(chunk * clips_per_micro, (chunk + 1) * clips_per_micro)
+        mask = self.mask(total, model.grid_size, device=device, generator=generator)[rows]
+        decoder_mask = None
+        if self.decoder_mask is not None:
+            decoder_mask = self.decoder_mask(total, model.grid_size, device=device, generator=generator)[rows]
+        return mask, decoder_mask
+
+    def train_step(self, engine, batch: dict, ctx: StepContext):
+        model = engine.module
+        video = normalize_on_device(batch["video"], engine.device)
+        mask, decoder_mask = self.masks(model, video.shape[0], ctx, engine.device)
+        out = engine(video, mask, decoder_mask=decoder_mask)
+        return out.loss, {}

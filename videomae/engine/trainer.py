@@ -1,0 +1,269 @@
+"""The one training loop: DeepSpeed engine, per-step lr, accumulation, checkpoints, auto-resume,
+preemption, logs. Tasks (pretraining, fine-tuning, linear probing) plug in model and loss."""
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .config import ConfigError, save_config
+from .data import build_dataset, build_train_loader
+from .distributed import barrier, init_distributed
+from .logs import RunLogger
+from .optim import cosine_lr, set_lr
+from .preemption import Preemption, requeue_slurm_job
+from .tasks import StepContext
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def deepspeed_config(cfg, clips_per_micro: int, device) -> dict:
+    precision = cfg.DEEPSPEED.PRECISION
+    if device.type == "cpu" and precision == "fp16":
+        raise ConfigError("DEEPSPEED.PRECISION fp16 needs a GPU; use fp32 or bf16 on CPU")
+    zero = {"stage": cfg.DEEPSPEED.ZERO_STAGE}
+    if cfg.DEEPSPEED.OFFLOAD_OPTIMIZER and cfg.DEEPSPEED.ZERO_STAGE > 0:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "train_micro_batch_size_per_gpu": clips_per_micro,
+        "gradient_accumulation_steps": cfg.TRAIN.ACCUM_STEPS,
+        "gradient_clipping": cfg.TRAIN.CLIP_GRAD,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+
+
+class Trainer:
+    def __init__(self, cfg, task):
+        import deepspeed
+
+        self.cfg, self.task = cfg, task
+        self.info, self.device = init_distributed()
+        self.out_dir = cfg.OUTPUT_DIR
+        self.ckpt_dir = os.path.join(self.out_dir, "checkpoints")
+        if self.info.is_main:
+            os.makedirs(self.out_dir, exist_ok=True)
+            save_config(cfg, os.path.join(self.out_dir, "config.yaml"))
+        barrier()
+        self.log = RunLogger(self.out_dir, self.info.is_main, cfg.LOG.TENSORBOARD, cfg.LOG.PROGRESS)
+        seed_everything(cfg.SEED + self.info.rank)
+
+        self.train_set = build_dataset(cfg, task.train_split, log_dir=self.out_dir)
+        self.loader, self.sampler = build_train_loader(cfg, self.train_set, self.info.world_size, self.info.rank)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        clips_per_micro = cfg.TRAIN.BATCH_SIZE * cfg.DATA.NUM_REPEATS
+        self.total_clips = clips_per_micro * self.info.world_size * cfg.TRAIN.ACCUM_STEPS
+
+        model = task.build_model()
+        if cfg.MODEL.GRAD_CHECKPOINTING:
+            model.set_grad_checkpointing(True)
+        groups = [{k: v for k, v in g.items() if k != "names"} for g in task.param_groups(model)]
+        scale = self.total_clips / 256  # linear lr scaling rule of the published recipes
+        self.base_lr, self.min_lr, self.warmup_lr = (cfg.TRAIN.BASE_LR * scale, cfg.TRAIN.MIN_LR * scale,
+                                                     cfg.TRAIN.WARMUP_LR * scale)
+        optimizer = torch.optim.AdamW(groups, lr=self.base_lr, betas=tuple(cfg.TRAIN.BETAS), eps=cfg.TRAIN.EPS)
+        ds_config = deepspeed_config(cfg, clips_per_micro, self.device)
+        self.resume_tag = self._prepare_resume(ds_config)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        if cfg.MODEL.COMPILE:
+            self.engine.compile()
+        self.total_steps = self._total_steps()
+        self.warmup_steps = cfg.TRAIN.WARMUP_EPOCHS * self.steps_per_epoch
+        self.preemption = Preemption()
+        self.step = 0           # optimizer steps done
+        self.epoch = 0
+        self.step_in_epoch = 0
+
+    def _total_steps(self) -> int:
+        total = self.cfg.TRAIN.EPOCHS * self.steps_per_epoch
+        return min(total, self.cfg.TRAIN.MAX_STEPS) if self.cfg.TRAIN.MAX_STEPS > 0 else total
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def client_state(self) -> dict:
+        from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                                    UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+        return {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "world_size": self.info.world_size, "config": self.cfg.dump(),
+                # lets deepspeed.checkpoint.ds_to_universal convert it for another world size
+                UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+
+    def save_checkpoint(self) -> str:
+        path = ckpt.save(self.engine, self.ckpt_dir, self.step, self.client_state(), self.info.is_main,
+                         keep=self.cfg.TRAIN.KEEP_CHECKPOINTS, world_size=self.info.world_size)
+        self.log.info(f"checkpoint: {path}")
+        return path
+
+    def _prepare_resume(self, ds_config: dict) -> str | None:
+        """The tag to resume from; a ZeRO checkpoint from another world size is converted to
+        DeepSpeed's universal format first (rank 0 converts, the others wait)."""
+        if not self.cfg.TRAIN.AUTO_RESUME:
+            return None
+        foreign = ckpt.needs_universal(self.ckpt_dir, self.info.world_size)
+        if foreign is None:
+            return ckpt.latest_tag(self.ckpt_dir)
+        if self.info.is_main:
+            self.log.info(f"{foreign} was saved with another world size: converting to universal format")
+            ckpt.convert_to_universal(self.ckpt_dir, foreign)
+        barrier()
+        ds_config["checkpoint"] = {"load_universal": True}
+        return f"{foreign}_universal"
+
+    def maybe_resume(self) -> None:
+        if self.resume_tag is None:
+            return
+        state = ckpt.resume(self.engine, self.ckpt_dir, self.resume_tag)
+        if state is None:
+            return
+        self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+        if self.step_in_epoch >= self.steps_per_epoch:
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.log.info(f"resumed from {self.resume_tag} (step {self.step}, epoch {self.epoch}"
+                      f"{', saved with world size ' + str(state['world_size']) if state.get('world_size') != self.info.world_size else ''})")
+        self.log.record("resume", self.step, epoch=self.epoch, from_world_size=state.get("world_size"))
+
+    def write_model_file(self) -> str:
+        """Consolidated fp32 weights next to the checkpoints (needs a fresh checkpoint for ZeRO)."""
+        tag = ckpt.latest_tag(self.ckpt_dir)
+        state = ckpt.fp32_state_dict(self.engine, self.ckpt_dir, tag) if self.info.is_main else None
+        path = os.path.join(self.out_dir, "model.pt")
+        if self.info.is_main:
+            ckpt.save_model_file(state, path, {"step": self.step, "epoch": self.epoch,
+                                               "config": self.cfg.dump(), "task": self.task.name})
+            self.log.info(f"consolidated fp32 weights: {path}")
+        barrier()
+        return path
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        self.maybe_resume()
+        cfg, info = self.cfg, self.info
+        self.log.info(f"{self.task.name}: {len(self.train_set)} videos, {self.steps_per_epoch} steps/epoch, "
+                      f"{self.total_steps} steps, {self.total_clips} clips per step on {info.world_size} "
+                      f"process(es) ({info.launcher}, {self.device.type}), lr {self.base_lr:.3g}, "
+                      f"ZeRO-{cfg.DEEPSPEED.ZERO_STAGE}, {cfg.DEEPSPEED.PRECISION}")
+        status = "finished"
+        while self.step < self.total_steps and self.epoch < cfg.TRAIN.EPOCHS:
+            status = self.train_epoch()
+            if status == "preempted":
+                break
+            epoch_done = self.step_in_epoch >= self.steps_per_epoch
+            if epoch_done:  # (a MAX_STEPS stop mid-epoch resumes inside the same epoch)
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            done = self.step >= self.total_steps
+            if (epoch_done and self.epoch % cfg.TRAIN.CKPT_PERIOD == 0) or done:
+                self.save_checkpoint()
+            if self.task.has_eval and ((epoch_done and self.epoch % cfg.TRAIN.EVAL_PERIOD == 0) or done):
+                metrics = self.task.evaluate(self, "val")
+                self.log.record("val", self.step, epoch=self.epoch, **metrics)
+                self.log.info(f"epoch {self.epoch} val: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        if status == "preempted":
+            return {"status": status, "step": self.step}
+        if ckpt.latest_tag(self.ckpt_dir) != ckpt.tag_for(self.step):
+            self.save_checkpoint()
+        self.write_model_file()
+        result = {"status": "finished", "step": self.step, "epoch": self.epoch}
+        if self.task.has_eval and hasattr(self.task, "final_test"):
+            result.update(self.task.final_test(self))
+        self.log.close()
+        return result
+
+    def train_epoch(self) -> str:
+        """Run until the epoch ends or MAX_STEPS; returns "epoch" or "preempted"."""
+        self.sampler.set_epoch(self.epoch, self.step_in_epoch)
+        self.train_set.set_epoch(self.epoch)
+        bar = self.log.progress(self.steps_per_epoch, self.step_in_epoch,
+                                f"epoch {self.epoch + 1}/{self.cfg.TRAIN.EPOCHS}")
+        try:
+            return self._run_steps(bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _run_steps(self, bar) -> str:
+        cfg, info, accum = self.cfg, self.info, self.cfg.TRAIN.ACCUM_STEPS
+        losses, micro, clips_seen = [], 0, 0
+        data_time = compute_time = 0.0
+        t_last = time.perf_counter()
+        self.engine.train()
+        for batch in self.loader:
+            t_data = time.perf_counter()
+            data_time += t_data - t_last
+            lr = cosine_lr(self.step, max(self.total_steps, 1), self.warmup_steps, self.base_lr, self.min_lr,
+                           self.warmup_lr)
+            set_lr(self.engine.optimizer, lr)
+            # the same randomness (drop path, dropout) for a step whatever the world size
+            torch.manual_seed(cfg.SEED * 7919 + self.step * 131 + micro * 17 + info.rank)
+            ctx = StepContext(self.step, micro, info.rank, info.world_size, accum, cfg.SEED)
+            loss, _ = self.task.train_step(self.engine, batch, ctx)
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.detach().float())
+            clips_seen += batch["video"].shape[0]
+            micro += 1
+            t_last = time.perf_counter()
+            compute_time += t_last - t_data
+            if micro < accum:
+                continue
+            micro = 0
+            self.step += 1
+            self.step_in_epoch += 1
+            step_loss, preempt = self._reduce_step(torch.stack(losses).mean())
+            losses = []
+            speed = clips_seen * info.world_size / max(data_time + compute_time, 1e-9)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{speed:.1f}",
+                                data=f"{data_time / max(data_time + compute_time, 1e-9):.0%}")
+            if self.step % cfg.TRAIN.LOG_PERIOD == 0 or self.step == 1:
+                self.log.record("train", self.step, epoch=self.epoch + 1, loss=step_loss, lr=lr,
+                                clips_per_s=speed, data_time=data_time, step_time=compute_time)
+            if preempt:
+                self.on_preemption()
+                return "preempted"
+            if cfg.TRAIN.CKPT_STEPS and self.step % cfg.TRAIN.CKPT_STEPS == 0:
+                self.save_checkpoint()
+            if self.step >= self.total_steps:
+                break
+        self.log.record("epoch", self.step, epoch=self.epoch + 1, clips=clips_seen * info.world_size,
+                        data_time=data_time, step_time=compute_time)
+        return "epoch"
+
+    def _reduce_step(self, local_loss: torch.Tensor) -> tuple[float, bool]:
+        """One collective per step: mean loss, any rank non-finite, any rank signalled."""
+        finite = bool(torch.isfinite(local_loss))
+        values = torch.tensor([float(local_loss) if finite else 0.0, 0.0 if finite else 1.0,
+                               1.0 if self.preemption.requested else 0.0], dtype=torch.float64,
+                              device=self.device)
+        if torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(values)
+        if values[1] > 0:
+            last = ckpt.latest_tag(self.ckpt_dir)
+            raise NonFiniteLoss(f"loss is not finite at step {self.step} (epoch {self.epoch + 1}); last good "
+                                "checkpoint: " + (os.path.join(self.ckpt_dir, last) if last else "none yet") +
+                                ". Lower TRAIN.BASE_LR, set TRAIN.CLIP_GRAD, or use bf16 instead of fp16.")
+        return float(values[0]) / self.info.world_size, bool(values[2] > 0)
+
+    def on_preemption(self) -> None:
+        self.log.info(f"{self.preemption.signal_name or 'signal'} received: checkpointing at step {self.step}")
+        self.save_checkpoint()
+        message = requeue_slurm_job() if self.info.is_main else ""
+        self.log.info(message)
+        self.log.record("preempted", self.step, requeue=message)
+        barrier()
+        self.log.close()
