@@ -102,9 +102,14 @@ def device_for(info: DistInfo) -> torch.device:
 def init_distributed(timeout_minutes: int = 30) -> tuple[DistInfo, torch.device]:
     """Detect, export env, pick the device, and start the process group (nccl on GPU, gloo on CPU)."""
     import datetime
+    import logging
 
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say it, instead of DeepSpeed warning about it
     import deepspeed
+    from deepspeed.utils import logger as ds_logger
 
+    ds_logger.setLevel(logging.WARNING)
     info = detect()
     setup_env(info)
     device = device_for(info)

@@ -3,6 +3,7 @@ reconstructs the masked ones from mask tokens."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -23,8 +24,9 @@ class PretrainConfig:
     norm_target: bool = True   # per-cube normalized pixels (official default); False: raw [0, 1]
 
 
-@dataclass
-class PretrainOutput:
+class PretrainOutput(NamedTuple):
+    """A NamedTuple, not a dataclass: DeepSpeed ZeRO-3 hooks (and torch.compile) see inside tuples,
+    so the backward pass re-gathers the parameters that produced these tensors."""
     loss: torch.Tensor          # scalar
     pred: torch.Tensor          # (B, M, tubelet*p*p*C): decoded tokens in ascending index order
     target: torch.Tensor        # same shape, float32
