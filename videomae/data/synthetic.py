@@ -64,7 +64,14 @@ def render_clip(label: int, num_frames: int = 32, height: int = 96, width: int =
     angle0 = rng.uniform(0, 2 * math.pi)
     travel = rng.uniform(0.25, 0.4)
     spin = rng.uniform(0.6, 1.0) * math.pi
-    grain = rng.integers(-12, 13, size=(height, width, 3))  # static texture, same in every frame
+    # a static, smooth texture (two gratings): structure a masked autoencoder can infer from its
+    # visible neighbours, unlike pixel noise, which no model can predict
+    ys, xs = np.mgrid[0:height, 0:width]
+    texture = np.zeros((height, width, 3))
+    for _ in range(2):
+        theta, wavelength = rng.uniform(0, math.pi), rng.uniform(14, 40)
+        phase = (xs * math.cos(theta) + ys * math.sin(theta)) * 2 * math.pi / wavelength
+        texture += np.sin(phase)[..., None] * rng.uniform(8, 22, size=3)
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     for t in range(num_frames):
         f = t / max(num_frames - 1, 1) - 0.5  # -0.5 .. 0.5
@@ -77,7 +84,7 @@ def render_clip(label: int, num_frames: int = 32, height: int = 96, width: int =
             angle = angle0 + (1 if label == 4 else -1) * f * 2 * spin
         else:
             size = base_size * (1 + (1 if label == 6 else -1) * f * 1.2)
-        image = np.clip(background + grain, 0, 255)
+        image = np.clip(background + 30 + texture, 0, 255).astype(np.int64)
         image[_polygon_mask(height, width, _shape_vertices(kind, x, y, size, angle))] = color
         frames[t] = image
     return frames

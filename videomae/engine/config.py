@@ -25,6 +25,7 @@ C.MODEL.NAME = "pretrain_videomae_base_patch16_224"   # any registered timm name
 C.MODEL.NUM_FRAMES = 16
 C.MODEL.IMG_SIZE = 224
 C.MODEL.TUBELET_SIZE = 2
+C.MODEL.PATCH_SIZE = 0               # 0 = the size in MODEL.NAME
 C.MODEL.DECODER_DEPTH = 4
 C.MODEL.NORM_TARGET = True           # per-cube normalized pixel targets
 C.MODEL.POS_EMBED = "sinusoid"       # or "separable" (MAE-ST)

@@ -1,0 +1,41 @@
+"""Running tools/train.py as a user would, on the small synthetic set."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+# a tiny, fast run: 4 frames of 32x32, 8x8 cubes -> 32 tokens
+TINY = ["MODEL.NUM_FRAMES", "4", "MODEL.IMG_SIZE", "32", "MODEL.PATCH_SIZE", "8", "MODEL.DECODER_DEPTH", "1",
+        "DATA.NUM_REPEATS", "1", "DATA.NUM_WORKERS", "0", "DATA.SAMPLING_RATE", "2", "TRAIN.BATCH_SIZE", "4",
+        "TRAIN.LOG_PERIOD", "1", "TRAIN.WARMUP_EPOCHS", "1", "LOG.PROGRESS", "False",
+        "DEEPSPEED.PRECISION", "fp32"]
+
+
+def train_args(out_dir, data_root, *overrides):
+    return ["tools/train.py", "--config", "configs/demo/pretrain.yaml", "OUTPUT_DIR", str(out_dir),
+            "DATA.ROOT", str(data_root), "DATA.LIST_DIR", str(data_root), *TINY, *map(str, overrides)]
+
+
+def env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_train(out_dir, data_root, *overrides, nproc=1, check=True, timeout=600):
+    if nproc == 1:
+        cmd = [PYTHON, *train_args(out_dir, data_root, *overrides)]
+    else:
+        cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+               str(29700 + os.getpid() % 200), *train_args(out_dir, data_root, *overrides)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env(), timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def losses(out_dir):
+    rows = [json.loads(line) for line in open(Path(out_dir) / "metrics.jsonl")]
+    return [r["loss"] for r in rows if r["type"] == "train"]

@@ -1,0 +1,95 @@
+"""tools/train.py end to end: resume, world-size change under ZeRO-2, outputs, bad loss."""
+import json
+
+import pytest
+import torch
+
+from helpers import losses, run_train
+
+
+def test_resume_gives_the_same_losses(tmp_path, synthetic_root):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_train(straight, synthetic_root, "TRAIN.MAX_STEPS", 6)
+    run_train(resumed, synthetic_root, "TRAIN.MAX_STEPS", 3)
+    second = run_train(resumed, synthetic_root, "TRAIN.MAX_STEPS", 6)
+    assert "resumed from step_00000003" in second.stdout + second.stderr
+    a, b = losses(straight), losses(resumed)
+    assert len(a) == len(b) == 6
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-5, atol=1e-6)
+
+
+def test_zero2_two_ranks_then_resume_on_one(tmp_path, synthetic_root):
+    """ZeRO-2 with 2 gloo ranks, then the same run continued by a single process: the global batch
+    is the same (2 x 2 videos, or 2 videos x 2 accumulation steps), so are the losses."""
+    reference, moved = tmp_path / "reference", tmp_path / "moved"
+    common = ["TRAIN.BATCH_SIZE", 2, "DEEPSPEED.ZERO_STAGE", 2]
+    run_train(reference, synthetic_root, *common, "TRAIN.ACCUM_STEPS", 2, "TRAIN.MAX_STEPS", 4)
+    two = run_train(moved, synthetic_root, *common, "TRAIN.MAX_STEPS", 2, nproc=2)
+    assert "on 2 process(es) (torchrun" in two.stdout + two.stderr
+    shards = sorted(p.name for p in (moved / "checkpoints" / "step_00000002").glob("*optim_states.pt"))
+    assert len(shards) == 2, shards  # optimizer state partitioned over the two ranks
+    one = run_train(moved, synthetic_root, *common, "TRAIN.ACCUM_STEPS", 2, "TRAIN.MAX_STEPS", 4)
+    assert "converting to universal format" in one.stdout + one.stderr
+    torch.testing.assert_close(torch.tensor(losses(moved)), torch.tensor(losses(reference)), rtol=1e-5, atol=1e-6)
+
+
+def test_run_outputs(tmp_path, synthetic_root):
+    out = tmp_path / "run"
+    result = run_train(out, synthetic_root, "TRAIN.MAX_STEPS", 2, "DEEPSPEED.ZERO_STAGE", 1)
+    assert json.loads(result.stdout.strip().splitlines()[-1])["status"] == "finished"
+    weights = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    keys = set(weights["model"])
+    assert {"encoder.patch_embed.proj.weight", "encoder.blocks.0.attn.qkv.weight", "encoder.blocks.0.attn.q_bias",
+            "encoder_to_decoder.weight", "mask_token", "decoder.head.weight"} <= keys
+    assert weights["step"] == 2 and weights["task"] == "pretrain"
+    assert "MODEL:" in (out / "config.yaml").read_text()
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows if r["type"] == "train"] == [1, 2]
+    assert all({"loss", "lr", "clips_per_s", "data_time", "step_time"} <= set(r) for r in rows if r["type"] == "train")
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    marker = (out / "checkpoints" / "LATEST").read_text()
+    assert marker == "step_00000002" and (out / "checkpoints" / marker / "COMPLETE").exists()
+
+
+def test_incomplete_checkpoint_is_ignored(tmp_path, synthetic_root):
+    out = tmp_path / "run"
+    run_train(out, synthetic_root, "TRAIN.MAX_STEPS", 2, "TRAIN.CKPT_STEPS", 1)
+    # a job killed while writing step 3: the folder exists, COMPLETE does not, LATEST was not moved
+    (out / "checkpoints" / "step_00000003").mkdir()
+    (out / "checkpoints" / "step_00000003" / "mp_rank_00_model_states.pt").write_bytes(b"partial")
+    result = run_train(out, synthetic_root, "TRAIN.MAX_STEPS", 3)
+    assert "resumed from step_00000002" in result.stdout + result.stderr
+
+
+def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path, synthetic_root):
+    out = tmp_path / "run"
+    result = run_train(out, synthetic_root, "TRAIN.MAX_STEPS", 8, "TRAIN.CKPT_STEPS", 1, "TRAIN.BASE_LR", 1e12,
+                       "TRAIN.WARMUP_EPOCHS", 0, check=False)
+    assert result.returncode != 0
+    message = result.stderr
+    assert "loss is not finite at step" in message and "last good checkpoint" in message
+    assert "step_0000000" in message.split("last good checkpoint")[1]
+
+
+def test_config_errors_exit_cleanly(tmp_path, synthetic_root):
+    result = run_train(tmp_path / "x", synthetic_root, "TRAIN.BATCHSIZE", 3, check=False)
+    assert result.returncode == 2 and "did you mean TRAIN.BATCH_SIZE" in result.stderr
+
+
+@pytest.mark.parametrize("stage", [2])
+def test_zero_shards_optimizer_state(stage):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("zero_memory", Path(__file__).parents[1] / "benchmarks/zero_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    class Args:
+        size, frames, img_size = "tiny", 4, 32
+
+    zero0 = bench.run_stage(0, Args)
+    sharded = bench.run_stage(stage, Args)
+    for rank in (0, 1):
+        ratio = sharded[rank]["adam_moments"] / zero0[rank]["adam_moments"]
+        assert 0.45 < ratio < 0.55, ratio   # each of 2 ranks holds about half
