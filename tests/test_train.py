@@ -93,3 +93,19 @@ def test_zero_shards_optimizer_state(stage):
     for rank in (0, 1):
         ratio = sharded[rank]["adam_moments"] / zero0[rank]["adam_moments"]
         assert 0.45 < ratio < 0.55, ratio   # each of 2 ranks holds about half
+
+
+def test_deepspeed_launcher(tmp_path, synthetic_root):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT, env, train_args
+
+    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    cmd = [launcher, "--num_gpus", "2", "--master_port", str(29900 + os.getpid() % 50),
+           *train_args(tmp_path / "run", synthetic_root, "TRAIN.MAX_STEPS", 1)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**env(), "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "on 2 process(es) (torchrun" in result.stdout + result.stderr
