@@ -70,6 +70,8 @@ class Trainer:
         clips_per_micro = cfg.TRAIN.BATCH_SIZE * cfg.DATA.NUM_REPEATS
         self.total_clips = clips_per_micro * self.info.world_size * cfg.TRAIN.ACCUM_STEPS
 
+        if hasattr(task, "log"):
+            task.log = self.log.info
         model = task.build_model()
         if cfg.MODEL.GRAD_CHECKPOINTING:
             model.set_grad_checkpointing(True)
@@ -208,7 +210,9 @@ class Trainer:
                            self.warmup_lr)
             set_lr(self.engine.optimizer, lr)
             # the same randomness (drop path, dropout) for a step whatever the world size
-            torch.manual_seed(cfg.SEED * 7919 + self.step * 131 + micro * 17 + info.rank)
+            seed = cfg.SEED * 7919 + self.step * 131 + micro * 17 + info.rank
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)  # timm's mixup draws from NumPy
             ctx = StepContext(self.step, micro, info.rank, info.world_size, accum, cfg.SEED)
             loss, _ = self.task.train_step(self.engine, batch, ctx)
             self.engine.backward(loss)
@@ -224,6 +228,8 @@ class Trainer:
             self.step += 1
             self.step_in_epoch += 1
             step_loss, preempt = self._reduce_step(torch.stack(losses).mean())
+            if hasattr(self.task, "after_step"):
+                self.task.after_step(self)
             losses = []
             speed = clips_seen * info.world_size / max(data_time + compute_time, 1e-9)
             if bar is not None:

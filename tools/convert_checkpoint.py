@@ -1,0 +1,60 @@
+"""Convert checkpoints between official VideoMAE / VideoMAE V2, MAE-ST, HF transformers and ours.
+
+    # any supported checkpoint -> our model.pt (official key names), with a load report
+    python tools/convert_checkpoint.py --src vit_b_k400_pretrain.pth --model pretrain_videomae_base_patch16_224 \
+        --out vit_b.pt
+    # -> a HF transformers folder (VideoMAEForPreTraining / VideoMAEForVideoClassification)
+    python tools/convert_checkpoint.py --src runs/ssv2_ft/model.pt --model videomae_vit_base_patch16_224 \
+        --num-classes 174 --to hf --out hf_ssv2_b
+    # a HF folder -> ours
+    python tools/convert_checkpoint.py --src hf_ssv2_b --model videomae_vit_base_patch16_224 --num-classes 174 \
+        --out vit_b_ssv2.pt
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import timm  # noqa: E402
+
+import videomae  # noqa: E402,F401
+from videomae.convert import CheckpointError, load_checkpoint  # noqa: E402
+from videomae.convert.hf import export_hf  # noqa: E402
+from videomae.engine.checkpoint import save_model_file  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", required=True, help="file or folder")
+    parser.add_argument("--model", required=True, help="registered model name the weights are for")
+    parser.add_argument("--num-classes", type=int, default=400)
+    parser.add_argument("--num-frames", type=int, default=16)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--tubelet-size", type=int, default=2)
+    parser.add_argument("--to", choices=["ours", "hf"], default="ours")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+
+    kwargs = dict(num_frames=args.num_frames, img_size=args.img_size, tubelet_size=args.tubelet_size)
+    if args.model.startswith("videomae_vit_"):
+        kwargs["num_classes"] = args.num_classes
+    model = timm.create_model(args.model, **kwargs)
+    try:
+        report = load_checkpoint(model, args.src)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(report)
+    if args.to == "hf":
+        print(f"HF transformers folder: {export_hf(model, args.out)}")
+    else:
+        save_model_file(model.state_dict(), args.out, {"source": os.path.abspath(args.src), "model_name": args.model})
+        print(f"weights: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Mean-pooled clip features of a frozen encoder for every video of a list.
+
+    python tools/extract_features.py --config configs/finetune/k400_vit_b.yaml \
+        --checkpoint runs/pretrain/model.pt --list lists/k400/val.csv --out features/k400_val
+
+Writes `<out>.npy` (videos x dim, float32; views averaged per video) and `<out>.csv` (row -> path,
+label). Works with pretraining or fine-tuned checkpoints: only the encoder is used.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--list", required=True, help="VideoMAE list (<path> <label>)")
+    parser.add_argument("--out", required=True, help="output prefix")
+    parser.add_argument("--views", choices=["center", "test"], default="center",
+                        help="one centre view, or the config's clips x crops (averaged)")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from videomae.convert import load_checkpoint
+    from videomae.engine.classification import build_classifier_from_cfg
+    from videomae.engine.config import load_config
+    from videomae.engine.data import build_dataset, build_eval_loader
+    from videomae.engine.distributed import init_distributed
+    from videomae.engine.tasks import normalize_on_device
+
+    cfg = load_config(args.config, [*args.overrides, "MODEL.PRETRAINED", "", "DATA.TEST_LIST", args.list,
+                                    "DATA.VAL_LIST", args.list, "DATA.LIST_DIR", ""])
+    info, device = init_distributed()
+    model = build_classifier_from_cfg(cfg)
+    print(load_checkpoint(model, args.checkpoint))
+    model.to(device).eval()
+    dataset = build_dataset(cfg, "test" if args.views == "test" else "val")
+    loader = build_eval_loader(cfg, dataset, 1, 0)
+    sums = np.zeros((len(dataset.records), model.embed_dim), dtype=np.float64)
+    counts = np.zeros(len(dataset.records))
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="features", unit="batch"):
+            feats = model.forward_features(normalize_on_device(batch["video"], device)).float().cpu().numpy()
+            for index, feat in zip(batch["index"].tolist(), feats):
+                sums[index] += feat
+                counts[index] += 1
+    features = (sums / counts[:, None]).astype(np.float32)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    np.save(f"{args.out}.npy", features)
+    with open(f"{args.out}.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["row", "path", "label"])
+        for i, record in enumerate(dataset.records):
+            writer.writerow([i, record.path, record.label])
+    print(f"{features.shape[0]} x {features.shape[1]} features -> {args.out}.npy")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Multi-view test of a fine-tuned checkpoint: softmax averaged over clips x crops per video.
+
+    python tools/test.py --config configs/finetune/ssv2_vit_b.yaml --checkpoint runs/ssv2_ft/model.pt
+    torchrun --nproc_per_node 8 tools/test.py --config ... --checkpoint ... DATA.TEST_NUM_CLIPS 2
+
+Writes test_predictions.csv, test_per_class.csv, test_confusion.png and test_metrics.json to
+OUTPUT_DIR. A pretraining checkpoint is refused: its head was never trained.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from videomae.convert import CheckpointError, load_checkpoint  # noqa: E402
+from videomae.engine.config import ConfigError, load_config  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--checkpoint", required=True, help="fine-tuned model.pt, run folder, or foreign file")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, [*args.overrides, "MODEL.PRETRAINED", ""])
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from videomae.engine.classification import build_classifier_from_cfg, class_names
+    from videomae.engine.data import build_dataset, build_eval_loader
+    from videomae.engine.distributed import init_distributed
+    from videomae.engine.evaluation import (classification_metrics, gather_rows, merge_views, predict_views,
+                                            write_reports)
+
+    info, device = init_distributed()
+    model = build_classifier_from_cfg(cfg)
+    try:
+        report = load_checkpoint(model, args.checkpoint, require_classifier=True)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if info.is_main:
+        print(report)
+    model.to(device).eval()
+    dataset = build_dataset(cfg, "test")
+    loader = build_eval_loader(cfg, dataset, info.world_size, info.rank)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        rows = gather_rows(predict_views(model, loader, device))
+    probs = merge_views(rows, len(dataset.records), dataset.views_per_video)
+    metrics = classification_metrics(probs, np.array([r.label for r in dataset.records]))
+    metrics["views"] = f"{cfg.DATA.TEST_NUM_CLIPS}x{cfg.DATA.TEST_NUM_CROPS}"
+    if info.is_main:
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        write_reports(cfg.OUTPUT_DIR, "test", probs, dataset.records, class_names(cfg))
+        with open(os.path.join(cfg.OUTPUT_DIR, "test_metrics.json"), "w") as handle:
+            json.dump(metrics, handle, indent=1)
+        print(json.dumps(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Fine-tuning and linear probing as tasks of the one training loop.
+
+Fine-tuning (VideoMAE recipe): layer-wise lr decay, drop path, mixup/cutmix on whole clips, label
+smoothing, RandAugment + random erasing (data side), repeated augmentation, optional EMA.
+Evaluation: single-view validation each epoch, multi-view test at the end, merged across ranks.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import timm
+import torch
+
+from ..convert import load_checkpoint
+from .config import ConfigError
+from .data import build_dataset, build_eval_loader
+from .evaluation import classification_metrics, gather_rows, merge_views, predict_views, write_reports
+from .optim import param_groups
+from .tasks import StepContext, normalize_on_device
+
+
+def num_classes_of(cfg) -> int:
+    n = cfg.MODEL.NUM_CLASSES or cfg.DATA.NUM_CLASSES
+    if n <= 0:
+        raise ConfigError("set DATA.NUM_CLASSES (or MODEL.NUM_CLASSES) for a classification task")
+    return n
+
+
+def build_classifier_from_cfg(cfg, log=print):
+    m = cfg.MODEL
+    extra = {"patch_size": m.PATCH_SIZE} if m.PATCH_SIZE else {}
+    model = timm.create_model(m.NAME, num_classes=num_classes_of(cfg), num_frames=m.NUM_FRAMES, img_size=m.IMG_SIZE,
+                              tubelet_size=m.TUBELET_SIZE, drop_path_rate=m.DROP_PATH, head_drop_rate=m.HEAD_DROP,
+                              pos_embed=m.POS_EMBED, **extra)
+    if hasattr(model, "decoder"):
+        raise ConfigError(f"MODEL.NAME={m.NAME} is a pretraining model; use a videomae_vit_* name to fine-tune")
+    if m.PRETRAINED:
+        log(str(load_checkpoint(model, m.PRETRAINED)))
+    return model
+
+
+class ClassificationTask:
+    name = "finetune"
+    train_split = "train"
+    has_eval = True
+    linear_probe = False
+
+    def __init__(self, cfg):
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        self.cfg = cfg
+        t = cfg.TRAIN
+        self.mixup = None
+        if not self.linear_probe and (t.MIXUP > 0 or t.CUTMIX > 0):
+            self.mixup = Mixup(mixup_alpha=t.MIXUP, cutmix_alpha=t.CUTMIX, switch_prob=t.MIXUP_SWITCH_PROB,
+                               label_smoothing=t.LABEL_SMOOTHING, num_classes=num_classes_of(cfg))
+            self.criterion = SoftTargetCrossEntropy()
+        else:
+            self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=t.LABEL_SMOOTHING)
+        self.ema = None
+        self.log = print
+
+    def build_model(self):
+        model = build_classifier_from_cfg(self.cfg, log=self.log)
+        if self.linear_probe:
+            for name, p in model.named_parameters():
+                p.requires_grad = name.startswith(("head.", "fc_norm."))
+        if self.cfg.TRAIN.EMA > 0:
+            from timm.utils import ModelEmaV3
+            if self.cfg.DEEPSPEED.ZERO_STAGE == 3:
+                raise ConfigError("TRAIN.EMA needs full parameters on every rank: use DEEPSPEED.ZERO_STAGE <= 2")
+            self.ema = ModelEmaV3(model, decay=self.cfg.TRAIN.EMA)
+        return model
+
+    def param_groups(self, model):
+        return param_groups(model, self.cfg.TRAIN.WEIGHT_DECAY, layer_decay=self.cfg.TRAIN.LAYER_DECAY,
+                            num_layers=len(model.blocks))
+
+    def train_step(self, engine, batch: dict, ctx: StepContext):
+        video = normalize_on_device(batch["video"], engine.device)
+        target = batch["label"].to(engine.device)
+        if self.mixup is not None:
+            b, c, t, h, w = video.shape
+            # timm's Mixup cuts boxes over the last two dims: fold time into channels so one box
+            # (and one mixing weight) goes through every frame of a clip
+            video, target = self.mixup(video.reshape(b, c * t, h, w), target)
+            video = video.reshape(b, c, t, h, w)
+        logits = engine(video)
+        return self.criterion(logits.float(), target), {}
+
+    def after_step(self, trainer) -> None:
+        if self.ema is not None:
+            self.ema.update(trainer.engine.module, step=trainer.step)
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def _predict(self, trainer, split: str):
+        dataset = build_dataset(self.cfg, split)
+        loader = build_eval_loader(self.cfg, dataset, trainer.info.world_size, trainer.info.rank)
+        engine = trainer.engine
+        was_training = engine.module.training
+        engine.eval()
+        rows = gather_rows(predict_views(engine, loader, trainer.device))
+        if was_training:
+            engine.train()
+        probs = merge_views(rows, len(dataset.records), dataset.views_per_video)
+        return dataset, probs
+
+    def evaluate(self, trainer, split: str = "val") -> dict:
+        dataset, probs = self._predict(trainer, split)
+        return classification_metrics(probs, np.array([r.label for r in dataset.records]))
+
+    def final_test(self, trainer) -> dict:
+        dataset, probs = self._predict(trainer, "test")
+        metrics = classification_metrics(probs, np.array([r.label for r in dataset.records]))
+        metrics["views"] = f"{self.cfg.DATA.TEST_NUM_CLIPS}x{self.cfg.DATA.TEST_NUM_CROPS}"
+        if trainer.info.is_main:
+            write_reports(trainer.out_dir, "test", probs, dataset.records, class_names(self.cfg))
+            with open(os.path.join(trainer.out_dir, "test_metrics.json"), "w") as handle:
+                json.dump(metrics, handle, indent=1)
+            trainer.log.record("test", trainer.step, **{k: v for k, v in metrics.items() if k != "views"})
+            trainer.log.info("test ({views} views): top-1 {top1:.2f}, top-5 {top5:.2f}, mean class "
+                             "{mean_class_acc:.2f} over {videos} videos".format(**metrics))
+        if self.ema is not None and trainer.info.is_main:
+            from .checkpoint import save_model_file
+            save_model_file(self.ema.module.state_dict(), os.path.join(trainer.out_dir, "model_ema.pt"),
+                            {"step": trainer.step, "task": self.name})
+        return {f"test_{k}": v for k, v in metrics.items()}
+
+
+class LinearProbeTask(ClassificationTask):
+    """Frozen encoder, mean-pooled features, a trained fc_norm + linear head."""
+    name = "linprobe"
+    linear_probe = True
+
+
+def class_names(cfg) -> list[str] | None:
+    path = os.path.join(cfg.DATA.LIST_DIR, "classes.json") if cfg.DATA.LIST_DIR else ""
+    if path and os.path.exists(path):
+        mapping = json.load(open(path))
+        names = sorted(mapping, key=lambda k: int(mapping[k]))
+        return names
+    return None

@@ -1,0 +1,115 @@
+"""Evaluation: per-view predictions on every rank, a merge that counts each view exactly once,
+top-1/top-5, per-class accuracy, a confusion-matrix picture and a predictions file."""
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import torch
+
+from .tasks import normalize_on_device
+
+
+class ViewMergeError(RuntimeError):
+    pass
+
+
+@torch.no_grad()
+def predict_views(model_fn, loader, device) -> list[tuple]:
+    """(video index, clip, crop, softmax probabilities) for every view this rank evaluates."""
+    rows = []
+    for batch in loader:
+        logits = model_fn(normalize_on_device(batch["video"], device)).float()
+        probs = torch.softmax(logits, dim=-1).cpu().numpy()
+        clips = batch.get("clip_index", torch.zeros_like(batch["index"]))
+        crops = batch.get("crop_index", torch.zeros_like(batch["index"]))
+        for i in range(len(probs)):
+            rows.append((int(batch["index"][i]), int(clips[i]), int(crops[i]), probs[i]))
+    return rows
+
+
+def gather_rows(rows: list) -> list:
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        parts = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, rows)
+        return [row for part in parts for row in part]
+    return rows
+
+
+def merge_views(rows: list, num_videos: int, views_per_video: int) -> np.ndarray:
+    """Average softmax over the views of each video -> (num_videos, classes). Every view must be
+    present exactly once: a duplicate or a missing view is an error, never silently averaged."""
+    seen: dict[int, dict[tuple, np.ndarray]] = {}
+    for index, clip, crop, probs in rows:
+        views = seen.setdefault(index, {})
+        if (clip, crop) in views:
+            raise ViewMergeError(f"video {index}: view (clip {clip}, crop {crop}) was evaluated twice")
+        views[(clip, crop)] = probs
+    missing = [i for i in range(num_videos) if len(seen.get(i, {})) != views_per_video]
+    if missing:
+        i = missing[0]
+        raise ViewMergeError(f"{len(missing)} videos lack views, e.g. video {i} has {len(seen.get(i, {}))} "
+                             f"of {views_per_video}")
+    return np.stack([np.mean([seen[i][v] for v in sorted(seen[i])], axis=0) for i in range(num_videos)])
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+    k = min(5, probs.shape[1])
+    top = np.argsort(-probs, axis=1)[:, :k]
+    top1 = float((top[:, 0] == labels).mean() * 100)
+    top5 = float((top == labels[:, None]).any(1).mean() * 100)
+    classes = np.unique(labels)
+    per_class = float(np.mean([(top[labels == c, 0] == c).mean() for c in classes]) * 100)
+    return {"top1": top1, "top5": top5, "mean_class_acc": per_class, "videos": int(len(labels))}
+
+
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, pred), 1)
+    return matrix
+
+
+def write_reports(out_dir: str, name: str, probs: np.ndarray, records, class_names=None) -> dict:
+    """`<name>_predictions.csv`, `<name>_confusion.png` and `<name>_per_class.csv`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    labels = np.array([r.label for r in records])
+    pred = probs.argmax(1)
+    num_classes = probs.shape[1]
+    names = class_names or [str(i) for i in range(num_classes)]
+    with open(os.path.join(out_dir, f"{name}_predictions.csv"), "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "prediction", "probability", "top5"])
+        for r, p, row in zip(records, pred, probs):
+            writer.writerow([r.path, r.label, int(p), f"{row[p]:.4f}", " ".join(map(str, np.argsort(-row)[:5]))])
+    matrix = confusion_matrix(pred, labels, num_classes)
+    with open(os.path.join(out_dir, f"{name}_per_class.csv"), "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class", "name", "videos", "accuracy"])
+        for c in range(num_classes):
+            total = matrix[c].sum()
+            writer.writerow([c, names[c], int(total), f"{matrix[c, c] / total * 100:.2f}" if total else ""])
+    size = min(12, 3 + 0.25 * num_classes)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=110)
+    normalized = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
+    if num_classes <= 30:
+        ax.set_xticks(range(num_classes), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(num_classes), names, fontsize=7)
+        for (i, j), v in np.ndenumerate(matrix):
+            if v:
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=6,
+                        color="white" if normalized[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{name}: top-1 {(pred == labels).mean() * 100:.1f}%")
+    fig.tight_layout()
+    path = os.path.join(out_dir, f"{name}_confusion.png")
+    fig.savefig(path)
+    plt.close(fig)
+    return {"confusion_png": path}
