@@ -30,7 +30,7 @@ def num_classes_of(cfg) -> int:
 
 def build_classifier_from_cfg(cfg, log=print):
     m = cfg.MODEL
-    extra = {"patch_size": m.PATCH_SIZE} if m.PATCH_SIZE else {}
+    extra = {k: v for k, v in (("patch_size", m.PATCH_SIZE), ("depth", m.DEPTH)) if v}
     model = timm.create_model(m.NAME, num_classes=num_classes_of(cfg), num_frames=m.NUM_FRAMES, img_size=m.IMG_SIZE,
                               tubelet_size=m.TUBELET_SIZE, drop_path_rate=m.DROP_PATH, head_drop_rate=m.HEAD_DROP,
                               pos_embed=m.POS_EMBED, **extra)
@@ -39,6 +39,14 @@ def build_classifier_from_cfg(cfg, log=print):
     if m.PRETRAINED:
         log(str(load_checkpoint(model, m.PRETRAINED)))
     return model
+
+
+def mix_clips(mixup, video: torch.Tensor, target: torch.Tensor):
+    """timm's Mixup/CutMix on (B, C, T, H, W): it cuts boxes over the last two dims, so time is
+    folded into channels and one box (and one mixing weight) goes through every frame of a clip."""
+    b, c, t, h, w = video.shape
+    mixed, target = mixup(video.reshape(b, c * t, h, w), target)
+    return mixed.reshape(b, c, t, h, w), target
 
 
 class ClassificationTask:
@@ -83,11 +91,7 @@ class ClassificationTask:
         video = normalize_on_device(batch["video"], engine.device)
         target = batch["label"].to(engine.device)
         if self.mixup is not None:
-            b, c, t, h, w = video.shape
-            # timm's Mixup cuts boxes over the last two dims: fold time into channels so one box
-            # (and one mixing weight) goes through every frame of a clip
-            video, target = self.mixup(video.reshape(b, c * t, h, w), target)
-            video = video.reshape(b, c, t, h, w)
+            video, target = mix_clips(self.mixup, video, target)
         logits = engine(video)
         return self.criterion(logits.float(), target), {}
 

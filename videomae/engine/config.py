@@ -26,6 +26,7 @@ C.MODEL.NUM_FRAMES = 16
 C.MODEL.IMG_SIZE = 224
 C.MODEL.TUBELET_SIZE = 2
 C.MODEL.PATCH_SIZE = 0               # 0 = the size in MODEL.NAME
+C.MODEL.DEPTH = 0                    # 0 = the encoder depth of MODEL.NAME's size
 C.MODEL.DECODER_DEPTH = 4
 C.MODEL.NORM_TARGET = True           # per-cube normalized pixel targets
 C.MODEL.POS_EMBED = "sinusoid"       # or "separable" (MAE-ST)
@@ -60,6 +61,7 @@ C.DATA.DECODE_SHORT_SIDE = 0         # 0 = decode at native size
 C.DATA.NUM_WORKERS = 8
 C.DATA.MAX_BAD_RATIO = 0.05
 C.DATA.LOADER_TIMEOUT = 600.0
+C.DATA.TRAIN_CROP_SCALE = (0.08, 1.0)  # fine-tuning random resized crop: area share range
 C.DATA.RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"
 C.DATA.RANDOM_ERASING = 0.25
 C.DATA.TEST_NUM_CLIPS = 2

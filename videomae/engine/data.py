@@ -69,7 +69,8 @@ def build_dataset(cfg, split: str, log_dir: str | None = None) -> VideoDataset:
     elif split == "train":
         transform = finetune_train_transform(cfg.MODEL.IMG_SIZE, flip=cfg.DATA.FLIP,
                                              rand_augment=cfg.DATA.RAND_AUGMENT or None,
-                                             erasing=cfg.DATA.RANDOM_ERASING)
+                                             erasing=cfg.DATA.RANDOM_ERASING,
+                                             scale=tuple(cfg.DATA.TRAIN_CROP_SCALE))
     faults = FaultPolicy(log_file=os.path.join(log_dir, "bad_videos.txt") if log_dir else None,
                          max_ratio=cfg.DATA.MAX_BAD_RATIO)
     return VideoDataset(records, split, clip, transform=transform, backend=cfg.DATA.BACKEND,

@@ -44,7 +44,7 @@ class PretrainTask:
 
     def build_model(self) -> torch.nn.Module:
         m = self.cfg.MODEL
-        extra = {"patch_size": m.PATCH_SIZE} if m.PATCH_SIZE else {}
+        extra = {k: v for k, v in (("patch_size", m.PATCH_SIZE), ("depth", m.DEPTH)) if v}
         model = timm.create_model(m.NAME, num_frames=m.NUM_FRAMES, img_size=m.IMG_SIZE,
                                   tubelet_size=m.TUBELET_SIZE, decoder_depth=m.DECODER_DEPTH,
                                   norm_target=m.NORM_TARGET, pos_embed=m.POS_EMBED, drop_path_rate=m.DROP_PATH,

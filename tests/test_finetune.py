@@ -1,0 +1,117 @@
+"""Fine-tuning from our pretraining checkpoint, multi-view testing across ranks, tools/test.py,
+linear probing and feature extraction -- end to end on the synthetic videos."""
+import csv
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import PYTHON, ROOT, TINY, env, run_train
+
+FT = ["--config", "configs/demo/finetune.yaml"]
+FT_TINY = [*TINY, "DATA.NUM_CLASSES", "8", "TRAIN.EPOCHS", "2", "DATA.TEST_NUM_CLIPS", "2",
+           "DATA.TEST_NUM_CROPS", "3", "TRAIN.MIXUP", "0.8", "TRAIN.CUTMIX", "1.0"]
+
+
+def run_tool(script, *args, nproc=1, check=True):
+    if nproc == 1:
+        cmd = [PYTHON, script, *map(str, args)]
+    else:
+        cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29871",
+               script, *map(str, args)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env(), timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stdout[-3000:] + result.stderr[-5000:])
+    return result
+
+
+def data_args(root):
+    return ["DATA.ROOT", root, "DATA.LIST_DIR", root]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, synthetic_root):
+    out = tmp_path_factory.mktemp("pretrain")
+    run_train(out, synthetic_root, "TRAIN.MAX_STEPS", 2)
+    return out / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, synthetic_root, pretrained):
+    out = tmp_path_factory.mktemp("finetune")
+    result = run_tool("tools/train.py", *FT, "OUTPUT_DIR", out, *data_args(synthetic_root), *FT_TINY,
+                      "MODEL.PRETRAINED", pretrained)
+    return out, result.stdout + result.stderr
+
+
+def test_finetune_loads_pretrained_and_reports(finetuned):
+    out, log = finetuned
+    assert "pretraining-only (decoder)" in log and "newly initialised: fc_norm.weight, fc_norm.bias, head.weight" in log
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert sum(r["type"] == "val" for r in rows) == 2          # validation each epoch
+    metrics = json.load(open(out / "test_metrics.json"))
+    assert metrics["videos"] == 8 and metrics["views"] == "2x3"
+    with open(out / "test_predictions.csv") as handle:
+        predictions = list(csv.DictReader(handle))
+    assert len(predictions) == 8 and {"path", "label", "prediction", "probability", "top5"} <= set(predictions[0])
+    top1 = 100 * np.mean([p["label"] == p["prediction"] for p in predictions])
+    assert top1 == pytest.approx(metrics["top1"])
+    assert (out / "test_confusion.png").stat().st_size > 1000 and (out / "test_per_class.csv").exists()
+
+
+def test_tools_test_reproduces_the_final_test(finetuned, synthetic_root, tmp_path):
+    out, _ = finetuned
+    result = run_tool("tools/test.py", *FT, "--checkpoint", out / "model.pt", "OUTPUT_DIR", tmp_path,
+                      *data_args(synthetic_root), *FT_TINY)
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["top1"] == pytest.approx(json.load(open(out / "test_metrics.json"))["top1"])
+
+
+def test_multi_view_merge_across_two_ranks(finetuned, synthetic_root, tmp_path):
+    out, _ = finetuned
+    result = run_tool("tools/test.py", *FT, "--checkpoint", out / "model.pt", "OUTPUT_DIR", tmp_path,
+                      *data_args(synthetic_root), *FT_TINY, nproc=2)
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["videos"] == 8   # 48 views over 2 ranks, each counted once
+    single = json.load(open(out / "test_metrics.json"))
+    assert metrics["top1"] == pytest.approx(single["top1"]) and metrics["top5"] == pytest.approx(single["top5"])
+
+
+def test_tools_test_refuses_a_pretraining_checkpoint(pretrained, synthetic_root, tmp_path):
+    result = run_tool("tools/test.py", *FT, "--checkpoint", pretrained, "OUTPUT_DIR", tmp_path,
+                      *data_args(synthetic_root), *FT_TINY, check=False)
+    assert result.returncode == 1 and "is a pretraining checkpoint" in result.stderr
+
+
+def test_linear_probe_keeps_the_encoder_frozen(pretrained, synthetic_root, tmp_path):
+    run_tool("tools/train.py", *FT, "TASK", "linprobe", "OUTPUT_DIR", tmp_path, *data_args(synthetic_root), *FT_TINY,
+             "TRAIN.EPOCHS", "1", "MODEL.PRETRAINED", pretrained, "MODEL.DROP_PATH", "0.0")
+    before = torch.load(pretrained, weights_only=True)["model"]
+    after = torch.load(tmp_path / "model.pt", weights_only=True)["model"]
+    assert torch.equal(after["blocks.3.attn.qkv.weight"], before["encoder.blocks.3.attn.qkv.weight"])
+    assert torch.equal(after["patch_embed.proj.weight"], before["encoder.patch_embed.proj.weight"])
+    assert not torch.equal(after["head.weight"], torch.zeros_like(after["head.weight"]))
+
+
+def test_extract_features(pretrained, synthetic_root, tmp_path):
+    run_tool("tools/extract_features.py", *FT, "--checkpoint", pretrained, "--list", synthetic_root / "val.csv",
+             "--out", tmp_path / "val", *data_args(synthetic_root), *FT_TINY)
+    features = np.load(tmp_path / "val.npy")
+    assert features.shape == (8, 192) and np.isfinite(features).all()
+    assert len(open(tmp_path / "val.csv").read().splitlines()) == 9
+
+
+def test_cutmix_box_goes_through_every_frame():
+    from timm.data import Mixup
+
+    from videomae.engine.classification import mix_clips
+
+    mixup = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, num_classes=4, label_smoothing=0.0)
+    video = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1, 1).expand(4, 3, 6, 16, 16).clone()
+    mixed, target = mix_clips(mixup, video, torch.arange(4))
+    changed = mixed != video                       # (B, C, T, H, W)
+    assert changed.any()
+    assert (changed == changed[:, :, :1]).all()    # the same box in every frame
+    assert torch.allclose(target.sum(1), torch.ones(4))
