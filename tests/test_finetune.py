@@ -11,7 +11,7 @@ import torch
 from helpers import PYTHON, ROOT, TINY, env, run_train
 
 FT = ["--config", "configs/demo/finetune.yaml"]
-FT_TINY = [*TINY, "DATA.NUM_CLASSES", "8", "TRAIN.EPOCHS", "2", "DATA.TEST_NUM_CLIPS", "2",
+FT_TINY = [*TINY, "DATA.NUM_CLASSES", "8", "TRAIN.EPOCHS", "2", "TRAIN.EVAL_PERIOD", "1", "DATA.TEST_NUM_CLIPS", "2",
            "DATA.TEST_NUM_CROPS", "3", "TRAIN.MIXUP", "0.8", "TRAIN.CUTMIX", "1.0"]
 
 
@@ -110,8 +110,12 @@ def test_cutmix_box_goes_through_every_frame():
 
     mixup = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, num_classes=4, label_smoothing=0.0)
     video = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1, 1).expand(4, 3, 6, 16, 16).clone()
-    mixed, target = mix_clips(mixup, video, torch.arange(4))
-    changed = mixed != video                       # (B, C, T, H, W)
-    assert changed.any()
-    assert (changed == changed[:, :, :1]).all()    # the same box in every frame
-    assert torch.allclose(target.sum(1), torch.ones(4))
+    boxes = 0
+    for seed in range(6):
+        np.random.seed(seed)  # timm draws lambda and the box from NumPy
+        mixed, target = mix_clips(mixup, video.clone(), torch.arange(4))
+        changed = mixed != video                       # (B, C, T, H, W)
+        assert (changed == changed[:, :, :1]).all()    # the same box in every frame
+        assert torch.allclose(target.sum(1), torch.ones(4))
+        boxes += bool(changed.any())
+    assert boxes >= 3
