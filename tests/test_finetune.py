@@ -119,3 +119,12 @@ def test_cutmix_box_goes_through_every_frame():
         assert torch.allclose(target.sum(1), torch.ones(4))
         boxes += bool(changed.any())
     assert boxes >= 3
+
+
+def test_ema_weights_are_written(pretrained, synthetic_root, tmp_path):
+    run_tool("tools/train.py", *FT, "OUTPUT_DIR", tmp_path, *data_args(synthetic_root), *FT_TINY,
+             "TRAIN.EPOCHS", "1", "TRAIN.EMA", "0.5", "MODEL.PRETRAINED", pretrained)
+    main = torch.load(tmp_path / "model.pt", weights_only=True)["model"]
+    ema = torch.load(tmp_path / "model_ema.pt", weights_only=True)["model"]
+    assert set(ema) == set(main)
+    assert not torch.equal(ema["head.weight"], main["head.weight"])  # an average, not a copy

@@ -99,3 +99,23 @@ def test_signal_checkpoints_requeues_and_resumes(tmp_path, synthetic_root):
     assert train_steps[-1] == 60 and preempted_at + 1 in train_steps  # picked up right after
     text = log.read_text()
     assert "restart 1" in text and f"resumed from step_{preempted_at:08d}" in text
+
+
+def test_finetune_job_on_two_tasks(tmp_path, synthetic_root):
+    """A pretraining checkpoint fine-tuned by a 2-task SLURM job, ending with the multi-view test
+    merged across both ranks."""
+    pre = tmp_path / "pre"
+    assert sbatch(pre, synthetic_root, tmp_path / "pre.out", "TRAIN.MAX_STEPS", 2).returncode == 0
+    out, log = tmp_path / "ft", tmp_path / "ft.out"
+    args = ["sbatch", "--parsable", "--wait", "--ntasks", "2", "--cpus-per-task", "1", "-o", str(log),
+            "tools/slurm/train.sbatch", "configs/demo/finetune.yaml", "OUTPUT_DIR", str(out),
+            "DATA.ROOT", str(synthetic_root), "DATA.LIST_DIR", str(synthetic_root), *TINY,
+            "DATA.NUM_CLASSES", "8", "TRAIN.EPOCHS", "1", "DEEPSPEED.ZERO_STAGE", "2",
+            "MODEL.PRETRAINED", str(pre / "model.pt")]
+    env = {**os.environ, "PYTHON": os.environ.get("VIDEOMAE_PYTHON", str(ROOT / ".venv/bin/python"))}
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    text = log.read_text() if log.exists() else ""
+    assert result.returncode == 0, result.stderr + text
+    assert "2 process(es) (slurm, cpu)" in text and "pretraining-only (decoder)" in text
+    metrics = json.load(open(out / "test_metrics.json"))
+    assert metrics["videos"] == 8 and metrics["views"] == "2x3"

@@ -99,6 +99,9 @@ def device_for(info: DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
+_CURRENT: tuple[DistInfo, torch.device] | None = None
+
+
 def init_distributed(timeout_minutes: int = 30) -> tuple[DistInfo, torch.device]:
     """Detect, export env, pick the device, and start the process group (nccl on GPU, gloo on CPU)."""
     import datetime
@@ -110,6 +113,9 @@ def init_distributed(timeout_minutes: int = 30) -> tuple[DistInfo, torch.device]
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)
+    global _CURRENT
+    if torch.distributed.is_initialized() and _CURRENT is not None:
+        return _CURRENT  # another run in the same process (the demo): the same world
     info = detect()
     setup_env(info)
     device = device_for(info)
@@ -117,7 +123,8 @@ def init_distributed(timeout_minutes: int = 30) -> tuple[DistInfo, torch.device]
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                    timeout=datetime.timedelta(minutes=timeout_minutes))
-    return info, device
+    _CURRENT = (info, device)
+    return _CURRENT
 
 
 def all_reduce_mean(value: float | torch.Tensor, device) -> float:
