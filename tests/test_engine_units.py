@@ -1,11 +1,9 @@
 """Config, launch detection, lr schedule and parameter groups: the engine's pure parts."""
 import glob
-import math
 import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from videomae.engine.config import ConfigError, load_config
 from videomae.engine.distributed import detect, expand_hostlist

@@ -7,7 +7,7 @@ from einops import rearrange
 
 import videomae  # noqa: F401  (registers models with timm)
 from videomae.masking import build_masking
-from videomae.models import (build_classifier, build_pretrain_model, cube_targets, patchify,
+from videomae.models import (build_classifier, build_pretrain_model, patchify,
                              sinusoid_table, unpatchify)
 from videomae.models.pos_embed import SeparablePosEmbed, resize_pos_embed
 

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from ..models.classifier import VideoClassifier
 from ..models.pos_embed import SeparablePosEmbed, resize_separable
-from ..models.pretrain import PretrainVideoMAE
 from .formats import CheckpointError, canonical_state, read_state_dict
 
 PRETRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token", "decoder_")
