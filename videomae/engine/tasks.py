@@ -59,16 +59,21 @@ class PretrainTask:
 
     def masks(self, model, clips_per_micro: int, ctx: StepContext, device):
         """Masks for this micro-batch, cut from the masks of the whole global batch: one generator
-        per optimizer step, so a sample's mask does not depend on the world size."""
-        generator = torch.Generator(device=device).manual_seed(ctx.seed * 1_000_003 + ctx.step)
+        per optimizer step, so a sample's mask does not depend on the world size. The global
+        masks are drawn once per step and reused by its accumulation micro-steps."""
         total = clips_per_micro * ctx.world * ctx.accum
+        key = (ctx.step, total, tuple(model.grid_size))
+        if getattr(self, "_mask_key", None) != key:
+            generator = torch.Generator(device=device).manual_seed(ctx.seed * 1_000_003 + ctx.step)
+            mask = self.mask(total, model.grid_size, device=device, generator=generator)
+            decoder_mask = None
+            if self.decoder_mask is not None:
+                decoder_mask = self.decoder_mask(total, model.grid_size, device=device, generator=generator)
+            self._mask_key, self._masks = key, (mask, decoder_mask)
         chunk = ctx.micro * ctx.world + ctx.rank
         rows = slice(chunk * clips_per_micro, (chunk + 1) * clips_per_micro)
-        mask = self.mask(total, model.grid_size, device=device, generator=generator)[rows]
-        decoder_mask = None
-        if self.decoder_mask is not None:
-            decoder_mask = self.decoder_mask(total, model.grid_size, device=device, generator=generator)[rows]
-        return mask, decoder_mask
+        mask, decoder_mask = self._masks
+        return mask[rows], (decoder_mask[rows] if decoder_mask is not None else None)
 
     def train_step(self, engine, batch: dict, ctx: StepContext):
         model = engine.module
