@@ -119,12 +119,8 @@ def from_maest(state: dict) -> dict:
         if m:
             qkv.setdefault(m.group(1), {})[(m.group(2), m.group(3))] = value
             continue
-        if key in ("pos_embed_spatial", "pos_embed_temporal"):
-            out[f"pos_embed.{key}"] = value
-        elif key.startswith(("decoder_", "mask_token", "pos_embed_class", "cls_token")):
-            out[key] = value  # reported as dropped by the loader
-        else:
-            out[key] = value
+        # decoder_*, cls_token, ... keep their names; the loader reports them as dropped
+        out[f"pos_embed.{key}" if key in ("pos_embed_spatial", "pos_embed_temporal") else key] = value
     for block, parts in qkv.items():
         out[f"{block}.attn.qkv.weight"] = torch.cat([parts[("q", "weight")], parts[("k", "weight")],
                                                      parts[("v", "weight")]])

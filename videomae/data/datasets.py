@@ -196,7 +196,7 @@ def make_loader(dataset: VideoDataset, batch_size: int, num_workers: int = 4, sh
     """A DataLoader with the settings video loading needs: one torch thread per worker, persistent
     workers, a timeout so a stuck decoder surfaces as an error instead of a hang, repeated clips
     flattened."""
-    training = dataset.training
+    training = getattr(dataset, "training", False)  # a Subset of a dataset evaluates
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers,

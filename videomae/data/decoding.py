@@ -125,8 +125,6 @@ class PyAVReader(VideoReader):
         import av
 
         self.name = _name(source)
-        self._source = source
-        self._short_side = short_side
         try:
             self._container = av.open(_as_file(source))
             if not self._container.streams.video:

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import os
 
-from fvcore.common.config import CfgNode as _CfgNode
-
-
-class CfgNode(_CfgNode):
-    """yacs/fvcore node whose errors name the offending key and file."""
+from fvcore.common.config import CfgNode
 
 
 C = CfgNode()
@@ -121,7 +117,7 @@ class ConfigError(ValueError):
 def _all_keys(node, prefix="") -> list[str]:
     keys = []
     for key, value in node.items():
-        keys += _all_keys(value, f"{prefix}{key}.") if isinstance(value, _CfgNode) else [f"{prefix}{key}"]
+        keys += _all_keys(value, f"{prefix}{key}.") if isinstance(value, CfgNode) else [f"{prefix}{key}"]
     return keys
 
 

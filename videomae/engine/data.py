@@ -13,7 +13,8 @@ import os
 import numpy as np
 import torch
 
-from ..data import (ClipConfig, FaultPolicy, VideoDataset, make_loader, read_video_list)
+from ..data import ClipConfig, FaultPolicy, VideoDataset, make_loader, read_video_list
+from ..data.datasets import collate_clips, worker_init
 from ..data.transforms import finetune_train_transform, pretrain_transform
 
 
@@ -81,9 +82,9 @@ def build_train_loader(cfg, dataset: VideoDataset, world: int, rank: int):
     sampler = GlobalBatchSampler(len(dataset), cfg.TRAIN.BATCH_SIZE, world, rank, cfg.TRAIN.ACCUM_STEPS, cfg.SEED)
     workers = cfg.DATA.NUM_WORKERS
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=_collate(),
+        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_clips,
         pin_memory=torch.cuda.is_available(), persistent_workers=False,
-        timeout=cfg.DATA.LOADER_TIMEOUT if workers > 0 else 0, worker_init_fn=_worker_init(),
+        timeout=cfg.DATA.LOADER_TIMEOUT if workers > 0 else 0, worker_init_fn=worker_init,
         prefetch_factor=4 if workers > 0 else None)
     return loader, sampler
 
@@ -92,17 +93,5 @@ def build_eval_loader(cfg, dataset: VideoDataset, world: int, rank: int):
     """Every rank takes a contiguous, unpadded share: no view is evaluated twice."""
     n = len(dataset)
     share = [i for i in range(n) if i * world // n == rank]
-    subset = torch.utils.data.Subset(dataset, share)
-    subset.training = False
-    return make_loader(subset, cfg.TRAIN.BATCH_SIZE, cfg.DATA.NUM_WORKERS, shuffle=False,
+    return make_loader(torch.utils.data.Subset(dataset, share), cfg.TRAIN.BATCH_SIZE, cfg.DATA.NUM_WORKERS, shuffle=False,
                        drop_last=False, timeout=cfg.DATA.LOADER_TIMEOUT)
-
-
-def _collate():
-    from ..data.datasets import collate_clips
-    return collate_clips
-
-
-def _worker_init():
-    from ..data.datasets import worker_init
-    return worker_init

@@ -22,8 +22,11 @@ class Preemption:
 
 def requeue_slurm_job() -> str:
     """Ask SLURM to requeue this job; returns what happened, for the log."""
-    job = os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID") and \
-        f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}" or os.environ.get("SLURM_JOB_ID")
+    env = os.environ
+    if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:  # an array task requeues alone
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    else:
+        job = env.get("SLURM_JOB_ID")
     if not job:
         return "not a SLURM job: exiting without requeue"
     result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)

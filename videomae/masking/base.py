@@ -49,9 +49,9 @@ class MaskingStrategy:
         if device is None:
             device = generator.device if generator is not None else torch.device("cpu")
         mask = self.make(batch_size, grid, torch.device(device), generator)
-        counts = mask.sum(1)
+        # shape and dtype only: checking equal counts here would sync the device on every step
+        # (the tests check that invariant for every strategy, the model checks its input)
         assert mask.dtype == torch.bool and mask.shape == (batch_size, math.prod(grid))
-        assert batch_size == 0 or bool((counts == counts[0]).all()), "unequal masked counts"
         return mask
 
     def num_masked(self, grid) -> int:

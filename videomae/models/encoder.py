@@ -102,9 +102,14 @@ class VideoEncoder(nn.Module):
         return self.pos_drop(x + self.pos_embed().to(x.dtype))
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            check_mask(mask, video.shape[0], self.num_patches)
+        return self.encode_visible(video, mask)
+
+    def encode_visible(self, video: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """`forward` for a mask the caller has already validated."""
         x = self.embed(video)  # [B, N, D]
         B, N, D = x.shape
         if mask is not None:
-            check_mask(mask, B, N)
             x = x[~mask].reshape(B, -1, D)  # [B, N_visible, D], ascending token order
         return self.norm(self.blocks(x))

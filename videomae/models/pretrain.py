@@ -108,7 +108,7 @@ class PretrainVideoMAE(nn.Module):
             check_mask(decoder_mask, B, N, name="decoder_mask")
             decoded = ~decoder_mask
 
-        latent = self.encoder(video, mask)             # [B, N_vis, D]
+        latent = self.encoder.encode_visible(video, mask)  # [B, N_vis, D]
         x_vis = self.encoder_to_decoder(latent)        # [B, N_vis, Dd]
         Dd = x_vis.shape[-1]
         pos = self.decoder_pos_embed().to(x_vis.dtype).expand(B, -1, -1)  # [B, N, Dd]
