@@ -39,7 +39,12 @@ def worker(args) -> None:
     engine.step()
     sizes = optimizer_state_bytes(engine)
     params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"stage": args.stage, "rank": info.rank, "params": params, **sizes}), flush=True)
+    row = {"stage": args.stage, "rank": info.rank, "params": params, **sizes}
+    # Ranks share one stdout pipe, so rank 0 alone prints: two ranks printing at once interleave.
+    rows = [None] * info.world_size
+    torch.distributed.all_gather_object(rows, row)
+    if info.rank == 0:
+        print("\n".join(json.dumps(r) for r in rows), flush=True)
 
 
 def run_stage(stage: int, args) -> list[dict]:

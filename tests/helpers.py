@@ -36,6 +36,13 @@ def run_train(out_dir, data_root, *overrides, nproc=1, check=True, timeout=600):
     return result
 
 
+def final_json(stdout: str) -> dict:
+    """The summary a tool prints last; other lines (and other ranks' logs) may surround it."""
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no JSON summary in the output:\n{stdout[-2000:]}"
+    return json.loads(lines[-1])
+
+
 def losses(out_dir):
     rows = [json.loads(line) for line in open(Path(out_dir) / "metrics.jsonl")]
     return [r["loss"] for r in rows if r["type"] == "train"]

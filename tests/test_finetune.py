@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import PYTHON, ROOT, TINY, env, run_train
+from helpers import PYTHON, ROOT, TINY, env, final_json, run_train
 
 FT = ["--config", "configs/demo/finetune.yaml"]
 FT_TINY = [*TINY, "DATA.NUM_CLASSES", "8", "TRAIN.EPOCHS", "2", "TRAIN.EVAL_PERIOD", "1", "DATA.TEST_NUM_CLIPS", "2",
@@ -65,7 +65,7 @@ def test_tools_test_reproduces_the_final_test(finetuned, synthetic_root, tmp_pat
     out, _ = finetuned
     result = run_tool("tools/test.py", *FT, "--checkpoint", out / "model.pt", "OUTPUT_DIR", tmp_path,
                       *data_args(synthetic_root), *FT_TINY)
-    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    metrics = final_json(result.stdout)
     assert metrics["top1"] == pytest.approx(json.load(open(out / "test_metrics.json"))["top1"])
 
 
@@ -73,7 +73,7 @@ def test_multi_view_merge_across_two_ranks(finetuned, synthetic_root, tmp_path):
     out, _ = finetuned
     result = run_tool("tools/test.py", *FT, "--checkpoint", out / "model.pt", "OUTPUT_DIR", tmp_path,
                       *data_args(synthetic_root), *FT_TINY, nproc=2)
-    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    metrics = final_json(result.stdout)
     assert metrics["videos"] == 8   # 48 views over 2 ranks, each counted once
     single = json.load(open(out / "test_metrics.json"))
     assert metrics["top1"] == pytest.approx(single["top1"]) and metrics["top5"] == pytest.approx(single["top5"])

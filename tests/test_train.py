@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from helpers import losses, run_train
+from helpers import final_json, losses, run_train
 
 
 def test_resume_gives_the_same_losses(tmp_path, synthetic_root):
@@ -36,7 +36,7 @@ def test_zero2_two_ranks_then_resume_on_one(tmp_path, synthetic_root):
 def test_run_outputs(tmp_path, synthetic_root):
     out = tmp_path / "run"
     result = run_train(out, synthetic_root, "TRAIN.MAX_STEPS", 2, "DEEPSPEED.ZERO_STAGE", 1)
-    assert json.loads(result.stdout.strip().splitlines()[-1])["status"] == "finished"
+    assert final_json(result.stdout)["status"] == "finished"
     weights = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     keys = set(weights["model"])
     assert {"encoder.patch_embed.proj.weight", "encoder.blocks.0.attn.qkv.weight", "encoder.blocks.0.attn.q_bias",
