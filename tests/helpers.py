@@ -1,6 +1,7 @@
 """Running tools/train.py as a user would, on the small synthetic set."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,13 @@ def train_args(out_dir, data_root, *overrides):
             "DATA.ROOT", str(data_root), "DATA.LIST_DIR", str(data_root), *TINY, *map(str, overrides)]
 
 
+def free_port() -> str:
+    """A port nothing listens on now, for a launcher's rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -29,7 +37,7 @@ def run_train(out_dir, data_root, *overrides, nproc=1, check=True, timeout=600):
         cmd = [PYTHON, *train_args(out_dir, data_root, *overrides)]
     else:
         cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(29700 + os.getpid() % 200), *train_args(out_dir, data_root, *overrides)]
+               free_port(), *train_args(out_dir, data_root, *overrides)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env(), timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")

@@ -100,10 +100,10 @@ def test_deepspeed_launcher(tmp_path, synthetic_root):
     import subprocess
     import sys
 
-    from helpers import ROOT, env, train_args
+    from helpers import ROOT, env, free_port, train_args
 
     launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    cmd = [launcher, "--num_gpus", "2", "--master_port", str(29900 + os.getpid() % 50),
+    cmd = [launcher, "--num_gpus", "2", "--master_port", free_port(),
            *train_args(tmp_path / "run", synthetic_root, "TRAIN.MAX_STEPS", 1)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                             env={**env(), "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
