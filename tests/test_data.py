@@ -302,3 +302,17 @@ def test_synthetic_dataset_layout(synthetic_root):
     assert len(classes) == 8
     assert len(records(synthetic_root)) == 24 and len(records(synthetic_root, "val")) == 8
     assert (synthetic_root / "test.csv").read_text() == (synthetic_root / "val.csv").read_text()
+
+
+def test_synthetic_dataset_is_reused_only_when_it_matches(tmp_path):
+    from videomae.data.synthetic import make_synthetic_dataset
+
+    small = dict(num_frames=4, height=16, width=16)
+    make_synthetic_dataset(tmp_path, videos_per_class=1, val_per_class=0, **small)
+    first = tmp_path / "videos" / "train_00_000.mp4"
+    stamp = first.stat().st_mtime_ns
+    make_synthetic_dataset(tmp_path, videos_per_class=1, val_per_class=0, **small)
+    assert first.stat().st_mtime_ns == stamp  # same arguments: reused, not rewritten
+    summary = make_synthetic_dataset(tmp_path, videos_per_class=2, val_per_class=0, **small)
+    assert summary["train"] == 16 and len(records(tmp_path)) == 16
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 16
