@@ -109,3 +109,12 @@ def test_deepspeed_launcher(tmp_path, synthetic_root):
                             env={**env(), "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "on 2 process(es) (torchrun" in result.stdout + result.stderr
+
+
+def test_compiled_model_trains_like_eager(tmp_path, synthetic_root):
+    """MODEL.COMPILE wraps the DeepSpeed engine's module in torch.compile; same losses as eager."""
+    run_train(tmp_path / "eager", synthetic_root, "TRAIN.MAX_STEPS", 2)
+    compiled = run_train(tmp_path / "compiled", synthetic_root, "TRAIN.MAX_STEPS", 2, "MODEL.COMPILE", True)
+    assert "torch.compile: on" in compiled.stdout + compiled.stderr
+    torch.testing.assert_close(torch.tensor(losses(tmp_path / "compiled")), torch.tensor(losses(tmp_path / "eager")),
+                               rtol=1e-4, atol=1e-5)

@@ -85,6 +85,9 @@ class Trainer:
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         if cfg.MODEL.COMPILE:
             self.engine.compile()
+            if not self.engine.is_compiled:
+                raise RuntimeError("MODEL.COMPILE is set but DeepSpeed did not compile the model")
+            self.log.info("torch.compile: on; the first steps take longer while it compiles")
         self.total_steps = self._total_steps()
         self.warmup_steps = cfg.TRAIN.WARMUP_EPOCHS * self.steps_per_epoch
         self.preemption = Preemption()
