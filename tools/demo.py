@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from videomae.data.synthetic import make_synthetic_dataset  # noqa: E402
+from videomae.data.synthetic import ensure_demo_dataset  # noqa: E402
 from videomae.engine.config import load_config  # noqa: E402
 from videomae.engine.logs import read_metrics  # noqa: E402
 
@@ -68,7 +68,7 @@ def main() -> int:
     args = parser.parse_args()
 
     print(f"[1/4] synthetic videos -> {args.data}")
-    info = make_synthetic_dataset(args.data, videos_per_class=24, val_per_class=8)
+    info = ensure_demo_dataset(args.data)
     print(f"      {info['train']} train / {info['val']} val clips, {info['classes']} classes, "
           f"{info['size'][1]}x{info['size'][0]}, {info['frames']} frames")
 

@@ -36,6 +36,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    from videomae.data.annotations import AnnotationError
     from videomae.engine.classification import build_classifier_from_cfg, class_names
     from videomae.engine.data import build_dataset, build_eval_loader
     from videomae.engine.distributed import init_distributed
@@ -52,7 +53,11 @@ def main(argv=None) -> int:
     if info.is_main:
         print(report)
     model.to(device).eval()
-    dataset = build_dataset(cfg, "test")
+    try:
+        dataset = build_dataset(cfg, "test")
+    except AnnotationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     loader = build_eval_loader(cfg, dataset, info.world_size, info.rank)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         rows = gather_rows(predict_views(model, loader, device))

@@ -44,10 +44,21 @@ def main(argv=None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    from videomae.engine.trainer import Trainer
+    from videomae.convert.formats import CheckpointError
+    from videomae.data import TooManyBadVideos
+    from videomae.data.annotations import AnnotationError
+    from videomae.engine.trainer import NonFiniteLoss, Trainer
 
-    trainer = Trainer(cfg, build_task(cfg))
-    result = trainer.fit()
+    try:
+        trainer = Trainer(cfg, build_task(cfg))
+        result = trainer.fit()
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except (AnnotationError, CheckpointError, TooManyBadVideos, NonFiniteLoss) as err:
+        # the user's data, checkpoint or recipe needs fixing: one message, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     if trainer.info.is_main:
         print(json.dumps(result), flush=True)
     return 0

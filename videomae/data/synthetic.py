@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,14 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 12, keyint
             container.mux(packet)
 
 
+def dataset_summary(videos_per_class: int = 12, val_per_class: int = 4, num_frames: int = 32, height: int = 96,
+                    width: int = 128, fps: int = 12, seed: int = 0, keyint: int = 8) -> dict:
+    """What `make_synthetic_dataset` writes to DONE for these arguments: its counts and its recipe."""
+    return {"train": len(CLASSES) * videos_per_class, "val": len(CLASSES) * val_per_class,
+            "classes": len(CLASSES), "frames": num_frames, "size": [height, width], "fps": fps,
+            "seed": seed, "keyint": keyint, "version": GENERATOR_VERSION}
+
+
 def make_synthetic_dataset(root: str | os.PathLike, videos_per_class: int = 12, val_per_class: int = 4,
                            num_frames: int = 32, height: int = 96, width: int = 128, fps: int = 12,
                            seed: int = 0, keyint: int = 8) -> dict:
@@ -115,9 +124,7 @@ def make_synthetic_dataset(root: str | os.PathLike, videos_per_class: int = 12, 
     and generator version is reused; anything else there is replaced."""
     root = Path(root)
     done = root / "DONE"
-    summary = {"train": len(CLASSES) * videos_per_class, "val": len(CLASSES) * val_per_class,
-               "classes": len(CLASSES), "frames": num_frames, "size": [height, width], "fps": fps,
-               "seed": seed, "keyint": keyint, "version": GENERATOR_VERSION}
+    summary = dataset_summary(videos_per_class, val_per_class, num_frames, height, width, fps, seed, keyint)
     if done.exists() and json.loads(done.read_text()) == summary:
         return summary
     if done.exists():  # a stale dataset of ours: replace it whole
@@ -137,5 +144,25 @@ def make_synthetic_dataset(root: str | os.PathLike, videos_per_class: int = 12, 
         (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
     (root / "test.csv").write_text((root / "val.csv").read_text())
     (root / "classes.json").write_text(json.dumps({name: i for i, name in enumerate(CLASSES)}, indent=1))
-    done.write_text(json.dumps(summary))
+    # written last and atomically: processes waiting for the set read either nothing or all of it
+    (root / "DONE.tmp").write_text(json.dumps(summary))
+    os.replace(root / "DONE.tmp", done)
     return summary
+
+
+DEMO_SIZE = dict(videos_per_class=24, val_per_class=8)  # the set `make demo` and configs/demo/ use
+
+
+def ensure_demo_dataset(root: str | os.PathLike, is_main: bool = True, timeout_s: float = 600) -> dict:
+    """The demo set at `root`, made on first use. In a multi-process run only the main process
+    writes it; the others wait for its DONE marker (and give up with an error, never hang)."""
+    if is_main:
+        return make_synthetic_dataset(root, **DEMO_SIZE)
+    done, expected = Path(root) / "DONE", dataset_summary(**DEMO_SIZE)
+    deadline = time.monotonic() + timeout_s
+    while not (done.exists() and json.loads(done.read_text()) == expected):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the main process did not finish the synthetic dataset in {root} "
+                               f"within {timeout_s:.0f} s")
+        time.sleep(1)
+    return expected

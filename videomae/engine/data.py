@@ -51,10 +51,25 @@ def list_path(cfg, name: str) -> str:
     return path
 
 
+def make_missing_demo_data(cfg, list_name: str) -> None:
+    """`configs/demo/` run before `make demo`: write the synthetic demo set where the config
+    expects it (a few seconds). Only a missing list in a synthetic config's own ROOT triggers it."""
+    root = cfg.DATA.ROOT
+    if cfg.DATA.DATASET != "synthetic" or not root or os.path.exists(list_path(cfg, list_name)):
+        return
+    if os.path.abspath(cfg.DATA.LIST_DIR or root) != os.path.abspath(root):
+        return
+    from ..data.synthetic import ensure_demo_dataset
+    from .distributed import detect
+
+    ensure_demo_dataset(root, is_main=detect().rank == 0)
+
+
 def build_dataset(cfg, split: str, log_dir: str | None = None) -> VideoDataset:
     """split: pretrain | train | val | test."""
     list_name = {"pretrain": cfg.DATA.TRAIN_LIST, "train": cfg.DATA.TRAIN_LIST,
                  "val": cfg.DATA.VAL_LIST, "test": cfg.DATA.TEST_LIST}[split]
+    make_missing_demo_data(cfg, list_name)
     num_classes = cfg.DATA.NUM_CLASSES or None
     records = read_video_list(list_path(cfg, list_name), cfg.DATA.ROOT, fmt=cfg.DATA.LIST_FORMAT,
                               num_classes=num_classes if split != "pretrain" else None,
