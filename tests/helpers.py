@@ -32,16 +32,19 @@ def env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def run_train(out_dir, data_root, *overrides, nproc=1, check=True, timeout=600):
-    if nproc == 1:
-        cmd = [PYTHON, *train_args(out_dir, data_root, *overrides)]
-    else:
-        cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               free_port(), *train_args(out_dir, data_root, *overrides)]
+def run_tool(script, *args, nproc=1, check=True, timeout=600):
+    """`python script args`, or under torchrun with `nproc` processes."""
+    launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                                      "--master_port", free_port()]
+    cmd = [PYTHON, *launcher, str(script), *map(str, args)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env(), timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def run_train(out_dir, data_root, *overrides, nproc=1, check=True, timeout=600):
+    return run_tool(*train_args(out_dir, data_root, *overrides), nproc=nproc, check=check, timeout=timeout)
 
 
 def final_json(stdout: str) -> dict:

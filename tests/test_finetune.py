@@ -2,29 +2,16 @@
 linear probing and feature extraction -- end to end on the synthetic videos."""
 import csv
 import json
-import subprocess
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import PYTHON, ROOT, TINY, env, final_json, free_port, run_train
+from helpers import TINY, final_json, run_tool, run_train
 
 FT = ["--config", "configs/demo/finetune.yaml"]
 FT_TINY = [*TINY, "DATA.NUM_CLASSES", "8", "TRAIN.EPOCHS", "2", "TRAIN.EVAL_PERIOD", "1", "DATA.TEST_NUM_CLIPS", "2",
            "DATA.TEST_NUM_CROPS", "3", "TRAIN.MIXUP", "0.8", "TRAIN.CUTMIX", "1.0"]
-
-
-def run_tool(script, *args, nproc=1, check=True):
-    if nproc == 1:
-        cmd = [PYTHON, script, *map(str, args)]
-    else:
-        cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", free_port(),
-               script, *map(str, args)]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env(), timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(result.stdout[-3000:] + result.stderr[-5000:])
-    return result
 
 
 def data_args(root):

@@ -15,8 +15,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-
 from videomae.convert import CheckpointError, load_checkpoint  # noqa: E402
 from videomae.engine.config import ConfigError, load_config  # noqa: E402
 
@@ -37,11 +35,10 @@ def main(argv=None) -> int:
     import torch
 
     from videomae.data.annotations import AnnotationError
-    from videomae.engine.classification import build_classifier_from_cfg, class_names
-    from videomae.engine.data import build_dataset, build_eval_loader
+    from videomae.engine.classification import build_classifier_from_cfg
+    from videomae.engine.data import build_dataset
     from videomae.engine.distributed import init_distributed
-    from videomae.engine.evaluation import (classification_metrics, gather_rows, merge_views, predict_views,
-                                            write_reports)
+    from videomae.engine.evaluation import predict_dataset, test_report
 
     info, device = init_distributed()
     model = build_classifier_from_cfg(cfg)
@@ -58,17 +55,10 @@ def main(argv=None) -> int:
     except AnnotationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    loader = build_eval_loader(cfg, dataset, info.world_size, info.rank)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        rows = gather_rows(predict_views(model, loader, device))
-    probs = merge_views(rows, len(dataset.records), dataset.views_per_video)
-    metrics = classification_metrics(probs, np.array([r.label for r in dataset.records]))
-    metrics["views"] = f"{cfg.DATA.TEST_NUM_CLIPS}x{cfg.DATA.TEST_NUM_CROPS}"
+        probs = predict_dataset(model, cfg, dataset, info.world_size, info.rank, device)
+    metrics = test_report(cfg, dataset, probs, cfg.OUTPUT_DIR, info.is_main)
     if info.is_main:
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        write_reports(cfg.OUTPUT_DIR, "test", probs, dataset.records, class_names(cfg))
-        with open(os.path.join(cfg.OUTPUT_DIR, "test_metrics.json"), "w") as handle:
-            json.dump(metrics, handle, indent=1)
         print(json.dumps(metrics))
     return 0
 

@@ -179,14 +179,3 @@ def export_hf(model, folder: str) -> str:
     state = {k: v.detach().cpu().contiguous() for k, v in to_hf_state_dict(model.state_dict(), kind).items()}
     save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     return folder
-
-
-def model_kwargs_from_hf_config(config: dict) -> dict:
-    """Our factory arguments for a HF VideoMAEConfig (as a dict)."""
-    kwargs = dict(img_size=config.get("image_size", 224), patch_size=config.get("patch_size", 16),
-                  num_frames=config.get("num_frames", 16), tubelet_size=config.get("tubelet_size", 2),
-                  embed_dim=config.get("hidden_size", 768), depth=config.get("num_hidden_layers", 12),
-                  num_heads=config.get("num_attention_heads", 12),
-                  mlp_ratio=config.get("intermediate_size", 3072) / config.get("hidden_size", 768),
-                  qkv_bias=config.get("qkv_bias", config.get("qv_bias", True)))
-    return kwargs

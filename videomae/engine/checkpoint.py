@@ -140,7 +140,3 @@ def save_model_file(state_dict: dict, path: str, extra: dict | None = None) -> N
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save({"model": {k: v.contiguous() for k, v in state_dict.items()}, **(extra or {})}, tmp)
     os.replace(tmp, path)
-
-
-def load_model_file(path: str) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)

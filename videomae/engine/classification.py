@@ -6,7 +6,6 @@ Evaluation: single-view validation each epoch, multi-view test at the end, merge
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -15,10 +14,10 @@ import torch
 
 from ..convert import load_checkpoint
 from .config import ConfigError
-from .data import build_dataset, build_eval_loader
-from .evaluation import classification_metrics, gather_rows, merge_views, predict_views, write_reports
+from .data import build_dataset
+from .evaluation import classification_metrics, predict_dataset, test_report
 from .optim import param_groups
-from .tasks import StepContext, normalize_on_device
+from .tasks import StepContext, model_kwargs, normalize_on_device
 
 
 def num_classes_of(cfg) -> int:
@@ -30,10 +29,8 @@ def num_classes_of(cfg) -> int:
 
 def build_classifier_from_cfg(cfg, log=print):
     m = cfg.MODEL
-    extra = {k: v for k, v in (("patch_size", m.PATCH_SIZE), ("depth", m.DEPTH)) if v}
-    model = timm.create_model(m.NAME, num_classes=num_classes_of(cfg), num_frames=m.NUM_FRAMES, img_size=m.IMG_SIZE,
-                              tubelet_size=m.TUBELET_SIZE, drop_path_rate=m.DROP_PATH, head_drop_rate=m.HEAD_DROP,
-                              pos_embed=m.POS_EMBED, **extra)
+    model = timm.create_model(m.NAME, num_classes=num_classes_of(cfg), head_drop_rate=m.HEAD_DROP,
+                              **model_kwargs(cfg))
     if hasattr(model, "decoder"):
         raise ConfigError(f"MODEL.NAME={m.NAME} is a pretraining model; use a videomae_vit_* name to fine-tune")
     if m.PRETRAINED:
@@ -70,6 +67,7 @@ class ClassificationTask:
             self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=t.LABEL_SMOOTHING)
         self.ema = None
         self.log = print
+        self._datasets = {}
 
     def build_model(self):
         model = build_classifier_from_cfg(self.cfg, log=self.log)
@@ -101,15 +99,15 @@ class ClassificationTask:
 
     # -- evaluation -----------------------------------------------------------------------------
     def _predict(self, trainer, split: str):
-        dataset = build_dataset(self.cfg, split)
-        loader = build_eval_loader(self.cfg, dataset, trainer.info.world_size, trainer.info.rank)
-        engine = trainer.engine
+        if split not in self._datasets:  # built once; val runs every EVAL_PERIOD epochs
+            self._datasets[split] = build_dataset(self.cfg, split)
+        dataset, engine = self._datasets[split], trainer.engine
         was_training = engine.module.training
         engine.eval()
-        rows = gather_rows(predict_views(engine, loader, trainer.device))
+        probs = predict_dataset(engine, self.cfg, dataset, trainer.info.world_size, trainer.info.rank,
+                                trainer.device)
         if was_training:
             engine.train()
-        probs = merge_views(rows, len(dataset.records), dataset.views_per_video)
         return dataset, probs
 
     def evaluate(self, trainer, split: str = "val") -> dict:
@@ -118,12 +116,8 @@ class ClassificationTask:
 
     def final_test(self, trainer) -> dict:
         dataset, probs = self._predict(trainer, "test")
-        metrics = classification_metrics(probs, np.array([r.label for r in dataset.records]))
-        metrics["views"] = f"{self.cfg.DATA.TEST_NUM_CLIPS}x{self.cfg.DATA.TEST_NUM_CROPS}"
+        metrics = test_report(self.cfg, dataset, probs, trainer.out_dir, trainer.info.is_main)
         if trainer.info.is_main:
-            write_reports(trainer.out_dir, "test", probs, dataset.records, class_names(self.cfg))
-            with open(os.path.join(trainer.out_dir, "test_metrics.json"), "w") as handle:
-                json.dump(metrics, handle, indent=1)
             trainer.log.record("test", trainer.step, **{k: v for k, v in metrics.items() if k != "views"})
             trainer.log.info("test ({views} views): top-1 {top1:.2f}, top-5 {top5:.2f}, mean class "
                              "{mean_class_acc:.2f} over {videos} videos".format(**metrics))
@@ -139,11 +133,3 @@ class LinearProbeTask(ClassificationTask):
     name = "linprobe"
     linear_probe = True
 
-
-def class_names(cfg) -> list[str] | None:
-    path = os.path.join(cfg.DATA.LIST_DIR, "classes.json") if cfg.DATA.LIST_DIR else ""
-    if path and os.path.exists(path):
-        mapping = json.load(open(path))
-        names = sorted(mapping, key=lambda k: int(mapping[k]))
-        return names
-    return None

@@ -47,8 +47,7 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 
 
 def list_path(cfg, name: str) -> str:
-    path = os.path.join(cfg.DATA.LIST_DIR, name) if cfg.DATA.LIST_DIR else name
-    return path
+    return os.path.join(cfg.DATA.LIST_DIR, name) if cfg.DATA.LIST_DIR else name
 
 
 def make_missing_demo_data(cfg, list_name: str) -> None:

@@ -127,22 +127,6 @@ def init_distributed(timeout_minutes: int = 30) -> tuple[DistInfo, torch.device]
     return _CURRENT
 
 
-def all_reduce_mean(value: float | torch.Tensor, device) -> float:
-    tensor = torch.as_tensor(value, dtype=torch.float64, device=device).clone()
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.all_reduce(tensor)
-        tensor /= torch.distributed.get_world_size()
-    return float(tensor)
-
-
-def any_rank(flag: bool, device) -> bool:
-    """True on every rank when `flag` is True on any (preemption, non-finite loss)."""
-    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-    return bool(tensor.item() > 0)
-
-
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

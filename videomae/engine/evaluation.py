@@ -3,11 +3,13 @@ top-1/top-5, per-class accuracy, a confusion-matrix picture and a predictions fi
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import numpy as np
 import torch
 
+from .data import build_eval_loader
 from .tasks import normalize_on_device
 
 
@@ -52,6 +54,35 @@ def merge_views(rows: list, num_videos: int, views_per_video: int) -> np.ndarray
         raise ViewMergeError(f"{len(missing)} videos lack views, e.g. video {i} has {len(seen.get(i, {}))} "
                              f"of {views_per_video}")
     return np.stack([np.mean([seen[i][v] for v in sorted(seen[i])], axis=0) for i in range(num_videos)])
+
+
+def predict_dataset(model_fn, cfg, dataset, world: int, rank: int, device) -> np.ndarray:
+    """Softmax per video (views averaged), each rank predicting its share, merged on every rank."""
+    loader = build_eval_loader(cfg, dataset, world, rank)
+    rows = gather_rows(predict_views(model_fn, loader, device))
+    return merge_views(rows, len(dataset.records), dataset.views_per_video)
+
+
+def test_report(cfg, dataset, probs: np.ndarray, out_dir: str, is_main: bool) -> dict:
+    """Metrics of the multi-view test; the main process also writes the reports and
+    `test_metrics.json` to `out_dir`."""
+    metrics = classification_metrics(probs, np.array([r.label for r in dataset.records]))
+    metrics["views"] = f"{cfg.DATA.TEST_NUM_CLIPS}x{cfg.DATA.TEST_NUM_CROPS}"
+    if is_main:
+        write_reports(out_dir, "test", probs, dataset.records, class_names(cfg))
+        with open(os.path.join(out_dir, "test_metrics.json"), "w") as handle:
+            json.dump(metrics, handle, indent=1)
+    return metrics
+
+
+def class_names(cfg) -> list[str] | None:
+    """Names from `classes.json` next to the lists, in label order, if there is one."""
+    path = os.path.join(cfg.DATA.LIST_DIR, "classes.json") if cfg.DATA.LIST_DIR else ""
+    if not (path and os.path.exists(path)):
+        return None
+    with open(path) as handle:
+        mapping = json.load(handle)
+    return sorted(mapping, key=lambda k: int(mapping[k]))
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:

@@ -27,12 +27,13 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
                  num_layers: int | None = None) -> list[dict]:
     """Groups keyed by (decay?, layer); each carries `lr_scale` = layer_decay ** (L + 1 - layer)."""
     groups: dict[tuple, dict] = {}
+    by_layer = layer_decay != 1.0 and bool(num_layers)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         decay = 0.0 if no_weight_decay(name, param) else weight_decay
-        layer = layer_id(name, num_layers) if (layer_decay != 1.0 and num_layers) else 0
-        scale = layer_decay ** (num_layers + 1 - layer) if (layer_decay != 1.0 and num_layers) else 1.0
+        layer = layer_id(name, num_layers) if by_layer else 0
+        scale = layer_decay ** (num_layers + 1 - layer) if by_layer else 1.0
         group = groups.setdefault((decay, layer), {"params": [], "names": [], "weight_decay": decay,
                                                    "lr_scale": scale})
         group["params"].append(param)

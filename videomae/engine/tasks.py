@@ -31,6 +31,15 @@ def normalize_on_device(video: torch.Tensor, device) -> torch.Tensor:
     return video.sub_(mean).div_(std)
 
 
+def model_kwargs(cfg) -> dict:
+    """Factory arguments every task takes from MODEL.*; PATCH_SIZE / DEPTH 0 keep the size's own."""
+    m = cfg.MODEL
+    kwargs = dict(num_frames=m.NUM_FRAMES, img_size=m.IMG_SIZE, tubelet_size=m.TUBELET_SIZE,
+                  drop_path_rate=m.DROP_PATH, pos_embed=m.POS_EMBED)
+    kwargs.update({k: v for k, v in (("patch_size", m.PATCH_SIZE), ("depth", m.DEPTH)) if v})
+    return kwargs
+
+
 class PretrainTask:
     name = "pretrain"
     train_split = "pretrain"
@@ -44,11 +53,8 @@ class PretrainTask:
 
     def build_model(self) -> torch.nn.Module:
         m = self.cfg.MODEL
-        extra = {k: v for k, v in (("patch_size", m.PATCH_SIZE), ("depth", m.DEPTH)) if v}
-        model = timm.create_model(m.NAME, num_frames=m.NUM_FRAMES, img_size=m.IMG_SIZE,
-                                  tubelet_size=m.TUBELET_SIZE, decoder_depth=m.DECODER_DEPTH,
-                                  norm_target=m.NORM_TARGET, pos_embed=m.POS_EMBED, drop_path_rate=m.DROP_PATH,
-                                  **extra)
+        model = timm.create_model(m.NAME, decoder_depth=m.DECODER_DEPTH, norm_target=m.NORM_TARGET,
+                                  **model_kwargs(self.cfg))
         if not hasattr(model, "decoder"):
             raise ValueError(f"MODEL.NAME={m.NAME} is not a pretraining model; use a "
                              "pretrain_videomae_* name for TASK pretrain")

@@ -69,19 +69,6 @@ def build_pos_embed(kind: str, grid_size, dim: int) -> nn.Module:
     raise ValueError(f"unknown position embedding {kind!r}: use 'sinusoid' or 'separable'")
 
 
-def resize_grid_embedding(table: torch.Tensor, old_grid, new_grid) -> torch.Tensor:
-    """Trilinear resize of a (1, T*H*W, D) table laid out in raster order to a new grid."""
-    old_grid, new_grid = tuple(old_grid), tuple(new_grid)
-    if old_grid == new_grid:
-        return table
-    dim = table.shape[-1]
-    if table.shape[1] != math.prod(old_grid):
-        raise ValueError(f"table has {table.shape[1]} positions, grid {old_grid} needs {math.prod(old_grid)}")
-    grid = table.reshape(1, *old_grid, dim).permute(0, 4, 1, 2, 3).float()
-    grid = F.interpolate(grid, size=new_grid, mode="trilinear", align_corners=False)
-    return grid.permute(0, 2, 3, 4, 1).reshape(1, -1, dim).to(table.dtype)
-
-
 def resize_separable(spatial: torch.Tensor, temporal: torch.Tensor, old_grid, new_grid):
     """Resize MAE-ST tables: bicubic over (H', W') for space, linear over T' for time."""
     (t0, h0, w0), (t1, h1, w1) = tuple(old_grid), tuple(new_grid)

@@ -5,10 +5,6 @@ import torch
 from torch import nn
 
 
-def to_3tuple(value) -> tuple[int, int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value, value)
-
-
 class CubeEmbed(nn.Module):
     """Conv3d with kernel = stride = (tubelet, p, p), then tokens in raster order (t, h, w).
 
