@@ -1,9 +1,12 @@
 """Config, launch detection, lr schedule and parameter groups: the engine's pure parts."""
 import glob
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from videomae.engine.config import ConfigError, load_config
 from videomae.engine.distributed import detect, expand_hostlist
@@ -79,6 +82,21 @@ def test_detect_launchers():
     batch_shell = {k: v for k, v in slurm_env.items() if k != "SLURM_STEP_ID"}
     assert detect(batch_shell).launcher == "single" and detect(batch_shell).world_size == 1
     assert detect({}).world_size == 1
+
+
+def test_process_group_is_gone_before_interpreter_teardown():
+    """A rank that exits with its gloo group alive can abort (exit 134) after its work is done;
+    the group must be destroyed by an exit handler while Python is still whole."""
+    # registered before init_distributed, so it runs after the library's own exit handler
+    script = ("import atexit, torch\n"
+              "atexit.register(lambda: print('alive at exit:', torch.distributed.is_initialized()))\n"
+              "from videomae.engine.distributed import init_distributed\n"
+              "init_distributed()\n"
+              "print('alive in run:', torch.distributed.is_initialized())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "MASTER_PORT": free_port()})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "alive in run: True" in result.stdout and "alive at exit: False" in result.stdout, result.stdout
 
 
 def test_cosine_schedule():

@@ -6,6 +6,7 @@ backend is nccl on GPUs and gloo on CPU; the same code path runs both.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import socket
@@ -123,8 +124,20 @@ def init_distributed(timeout_minutes: int = 30) -> tuple[DistInfo, torch.device]
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                    timeout=datetime.timedelta(minutes=timeout_minutes))
+        atexit.register(shutdown_distributed)
     _CURRENT = (info, device)
     return _CURRENT
+
+
+def shutdown_distributed() -> None:
+    """Tear the process group down while the interpreter is still whole. Left to interpreter
+    finalization, gloo's worker threads can still hold work objects whose destruction needs the
+    GIL, and a rank that finished first dies with `terminate called without an active exception`
+    (SIGABRT, exit 134) although its work is done."""
+    global _CURRENT
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    _CURRENT = None
 
 
 def barrier() -> None:
