@@ -115,3 +115,49 @@ def test_ema_weights_are_written(pretrained, synthetic_root, tmp_path):
     ema = torch.load(tmp_path / "model_ema.pt", weights_only=True)["model"]
     assert set(ema) == set(main)
     assert not torch.equal(ema["head.weight"], main["head.weight"])  # an average, not a copy
+
+
+def test_visualize_compares_strategies_on_one_clip(pretrained, finetuned, synthetic_root, tmp_path):
+    import importlib.util
+    import re
+
+    from videomae.convert import load_checkpoint
+    from videomae.engine.config import load_config
+    from videomae.engine.tasks import PretrainTask, normalize_on_device
+    from videomae.masking import build_masking
+
+    videos = sorted((synthetic_root / "videos").glob("val_*.mp4"))[:2]
+    pre = ["--config", "configs/demo/pretrain.yaml", "--out", tmp_path, "--seed", "3", *data_args(synthetic_root),
+           *TINY]
+    result = run_tool("tools/visualize.py", "--checkpoint", pretrained, "--masks", "tube,random,frame", "--video",
+                      *videos, *pre)
+    for video in videos:
+        assert (tmp_path / f"{video.stem}.png").stat().st_size > 5000
+    # each printed loss is the model's loss on that clip under that strategy's seeded mask
+    spec = importlib.util.spec_from_file_location("visualize", "tools/visualize.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cfg = load_config("configs/demo/pretrain.yaml", [*map(str, data_args(synthetic_root)), *TINY])
+    model = PretrainTask(cfg).build_model().eval()
+    load_checkpoint(model, pretrained)
+    clip = normalize_on_device(tool.read_center_clip(str(videos[1]), cfg), "cpu")
+    printed = dict(re.findall(rf"{re.escape(str(videos[1]))}: (\w+) .* loss ([0-9.]+)", result.stdout))
+    assert set(printed) == {"tube", "random", "frame"}
+    for name, loss in printed.items():
+        mask = build_masking(name, cfg.MASK.RATIO)(1, model.grid_size, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            assert float(loss) == pytest.approx(float(model(clip, mask).loss), abs=1e-4)
+    # checkpoints without the decoder cannot reconstruct; an unknown strategy is named
+    fine_tuned, _ = finetuned
+    refused = run_tool("tools/visualize.py", "--checkpoint", fine_tuned / "model.pt", "--video", videos[0], *pre,
+                       check=False)
+    assert refused.returncode == 1 and "is a fine-tuned classifier checkpoint" in refused.stderr
+    state = torch.load(pretrained, weights_only=True)["model"]
+    encoder_only = {k: v for k, v in state.items() if k.startswith("encoder.")}   # as VideoMAE V2 ships some
+    torch.save({"model": encoder_only}, tmp_path / "encoder_only.pth")
+    refused = run_tool("tools/visualize.py", "--checkpoint", tmp_path / "encoder_only.pth", "--video", videos[0],
+                       *pre, check=False)
+    assert refused.returncode == 1 and "has no decoder" in refused.stderr
+    unknown = run_tool("tools/visualize.py", "--checkpoint", pretrained, "--masks", "tubes", "--video", videos[0],
+                       *pre, check=False)
+    assert unknown.returncode == 2 and "unknown masking strategy ['tubes']" in unknown.stderr

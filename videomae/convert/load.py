@@ -135,6 +135,10 @@ def load_checkpoint(model, source, require_classifier: bool = False) -> LoadRepo
     missing = [k for k in target if k not in merged]
     structural = [k for k in missing if not k.startswith(("head.", "fc_norm.", "decoder", "encoder_to_decoder",
                                                           "mask_token"))]
+    if structural and not is_classifier and f"{prefix}fc_norm.weight" in state:
+        raise CheckpointError(f"{name} is a fine-tuned classifier checkpoint (fc_norm + head, no final norm, no "
+                              "decoder): a pretraining model cannot start from it; use the pretraining "
+                              "checkpoint it was fine-tuned from")
     if structural:
         raise CheckpointError(f"{name} does not fit the model: missing {len(structural)} tensors, e.g. "
                               f"{structural[:5]} (another depth, or not a VideoMAE-family checkpoint)")

@@ -41,42 +41,52 @@ def _to_image(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def plot_reconstruction(model, video: torch.Tensor, mask: torch.Tensor, out_png: str, frames: int = 4) -> str:
-    """One clip: input frames, what the encoder sees, and the masked cubes' targets vs predictions.
+def plot_reconstruction(model, video: torch.Tensor, masks, out_png: str, frames: int = 4) -> dict[str, float]:
+    """One clip: its input frames, then for each mask what the encoder sees and the masked cubes'
+    targets vs predictions. `masks` is one (1, N) bool mask or a {name: mask} dict (to compare
+    strategies on the same clip). Returns each mask's reconstruction loss.
 
-    Targets are per-cube normalized pixels; predictions are shown in the same normalized space.
-    They are deliberately not mapped back to pixels with the true cubes' mean and std, which
-    would borrow the answer and make the reconstruction look better than it is.
+    With normalized targets both are shown in the per-cube normalized space. Predictions are
+    deliberately not mapped back to pixels with the true cubes' mean and std, which would borrow
+    the answer and make the reconstruction look better than it is.
     """
     from ..models.targets import unnormalize, unpatchify
 
+    if torch.is_tensor(masks):
+        masks = {"": masks}
     plt = _pyplot()
     model.eval()
-    out = model(video[:1], mask[:1])
     grid, t, p = model.grid_size, model.tubelet_size, model.patch_size
     pixels = unnormalize(video[:1]).clamp(0, 1)[0]                     # C, T, H, W
     target = model.targets(video[:1])[0]                                # N, P
-    pred_full, target_full = torch.zeros_like(target), torch.zeros_like(target)
-    idx = out.decoded[0].nonzero().flatten()
-    pred_full[idx] = out.pred[0].float()
-    target_full[idx] = target[idx]
-    visible = (~mask[0]).float()[:, None].expand_as(target).contiguous()
-    shown = unpatchify(visible[None], grid, t, p)[0]                   # 1 where the encoder looks
-    pred_img = unpatchify(pred_full[None], grid, t, p)[0]
-    target_img = unpatchify(target_full[None], grid, t, p)[0]
-    step = max(1, pixels.shape[1] // frames)
+
+    def volume(tokens):                                                 # (N, P) -> (C, T, H, W)
+        return unpatchify(tokens[None].float(), grid, t, p)[0]
 
     def pixels_of(x):
         return (x.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
 
-    rows = [("input", lambda i: pixels_of(pixels[:, i])),
-            ("encoder sees", lambda i: pixels_of(pixels[:, i] * shown[:, i]))]
-    if model.cfg.norm_target:
-        rows += [("target (norm. cubes)", lambda i: _to_image(target_img[:, i])),
-                 ("prediction", lambda i: _to_image(pred_img[:, i]))]
-    else:  # raw pixel targets: the reconstruction is a picture in its own right
-        rows += [("visible + predicted", lambda i: pixels_of(pixels[:, i] * shown[:, i] + pred_img[:, i]))]
-    fig, axes = plt.subplots(len(rows), frames, figsize=(2 * frames, 2 * len(rows)), dpi=110)
+    rows, losses = [("input", lambda i: pixels_of(pixels[:, i]))], {}
+    for name, mask in masks.items():
+        out = model(video[:1], mask[:1])
+        losses[name] = float(out.loss)
+        decoded = out.decoded[0].nonzero().flatten()     # the tokens `pred` covers, ascending
+        pred_full, target_full = torch.zeros_like(target), torch.zeros_like(target)
+        pred_full[decoded] = out.pred[0].to(target.dtype)
+        target_full[decoded] = target[decoded]
+        shown = volume((~mask[0]).float()[:, None].expand_as(target))   # 1 where the encoder looks
+        pred_img, target_img = volume(pred_full), volume(target_full)
+        tag = f" ({name})" if name else ""
+        rows.append((f"encoder sees{tag}", lambda i, shown=shown: pixels_of(pixels[:, i] * shown[:, i])))
+        if model.cfg.norm_target:
+            rows += [(f"target{tag}\n(norm. cubes)", lambda i, x=target_img: _to_image(x[:, i])),
+                     (f"prediction{tag}\nloss {losses[name]:.3f}", lambda i, x=pred_img: _to_image(x[:, i]))]
+        else:  # raw pixel targets: the reconstruction is a picture in its own right
+            rows.append((f"visible + predicted{tag}\nloss {losses[name]:.3f}",
+                         lambda i, shown=shown, x=pred_img: pixels_of(pixels[:, i] * shown[:, i] + x[:, i])))
+    frames = min(frames, pixels.shape[1])
+    step = max(1, pixels.shape[1] // frames)
+    fig, axes = plt.subplots(len(rows), frames, figsize=(2 * frames, 2 * len(rows)), dpi=110, squeeze=False)
     for r, (name, render) in enumerate(rows):
         for c in range(frames):
             ax = axes[r, c]
@@ -91,4 +101,4 @@ def plot_reconstruction(model, video: torch.Tensor, mask: torch.Tensor, out_png:
     os.makedirs(os.path.dirname(out_png) or ".", exist_ok=True)
     fig.savefig(out_png)
     plt.close(fig)
-    return out_png
+    return losses
