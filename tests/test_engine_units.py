@@ -34,6 +34,14 @@ def test_overrides_and_errors_name_the_key(tmp_path):
         load_config(None, ["DEEPSPEED.ZERO_STAGE", "4"])
     with pytest.raises(ConfigError, match="KEY VALUE pairs"):
         load_config(None, ["TRAIN.EPOCHS"])
+    with pytest.raises(ConfigError, match="MASK.TYPE = 'tubes' is not a registered masking strategy .*did you mean 'tube'"):
+        load_config(None, ["MASK.TYPE", "tubes"])
+    with pytest.raises(ConfigError, match="needs IMPORTS to load the module that registers it"):
+        load_config(None, ["MASK.TYPE", "checkerboard"])
+    with pytest.raises(ConfigError, match="IMPORTS: file not found: nowhere/masks.py"):
+        load_config(None, ["IMPORTS", "nowhere/masks.py"])
+    with pytest.raises(ConfigError, match="IMPORTS: no module named 'no_such_module_here'"):
+        load_config(None, ["IMPORTS", "no_such_module_here"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("MASK:\n  RATIOO: 0.5\n")
     with pytest.raises(ConfigError, match=f"{bad}: unknown config key MASK.RATIOO; did you mean MASK.RATIO"):

@@ -76,6 +76,37 @@ def test_config_errors_exit_cleanly(tmp_path, synthetic_root):
     assert result.returncode == 2 and "did you mean TRAIN.BATCH_SIZE" in result.stderr
 
 
+USER_STRATEGY = """
+import os
+import torch
+from videomae.masking import MaskingStrategy, register_masking
+
+@register_masking("all_but_first_slice")
+class AllButFirstSlice(MaskingStrategy):
+    def num_masked(self, grid):
+        t, h, w = grid
+        return (t - 1) * h * w
+
+    def make(self, batch_size, grid, device, generator):
+        t, h, w = grid
+        with open(os.environ["STRATEGY_CALLS"], "a") as log:
+            log.write(f"{batch_size}\\n")
+        mask = torch.ones(batch_size, t * h * w, dtype=torch.bool, device=device)
+        mask[:, : h * w] = False
+        return mask
+"""
+
+
+def test_a_strategy_of_your_own_trains_through_imports(tmp_path, synthetic_root, monkeypatch):
+    (tmp_path / "my_masks.py").write_text(USER_STRATEGY)
+    monkeypatch.setenv("STRATEGY_CALLS", str(tmp_path / "calls.txt"))
+    result = run_train(tmp_path / "run", synthetic_root, "TRAIN.MAX_STEPS", 2, "IMPORTS", tmp_path / "my_masks.py",
+                       "MASK.TYPE", "all_but_first_slice")
+    assert "masking: all_but_first_slice 0.9 -> 16 of 32 cubes masked per clip (grid 2x4x4)" in result.stdout
+    assert (tmp_path / "calls.txt").read_text().split() == ["4", "4"]   # one global batch of 4 per step
+    assert losses(tmp_path / "run")[0] > 0
+
+
 @pytest.mark.parametrize("stage", [2])
 def test_zero_shards_optimizer_state(stage):
     import importlib.util

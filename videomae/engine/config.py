@@ -6,7 +6,11 @@ key. The resolved config is written next to every run's checkpoints.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import re
+import sys
 
 from fvcore.common.config import CfgNode
 
@@ -15,6 +19,8 @@ C = CfgNode()
 C.OUTPUT_DIR = "runs/default"
 C.SEED = 0
 C.TASK = "pretrain"                  # pretrain | finetune | linprobe
+C.IMPORTS = ""                       # your modules or .py files, comma-separated, imported first:
+                                     # they may register masking strategies or timm models
 
 C.MODEL = CfgNode()
 C.MODEL.NAME = "pretrain_videomae_base_patch16_224"   # any registered timm name
@@ -146,7 +152,52 @@ def _lookup(cfg, dotted: str):
     return node
 
 
+def import_user_modules(spec: str) -> None:
+    """Import `IMPORTS`: module names (found from the working directory too) or `.py` files. This
+    is how a strategy registered with `@register_masking` in your own code reaches tools/train.py."""
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        if item.endswith(".py"):
+            path = os.path.abspath(item)
+            if not os.path.isfile(path):
+                raise ConfigError(f"IMPORTS: file not found: {item}")
+            name = "videomae_user_" + re.sub(r"\W", "_", os.path.splitext(path)[0])
+            if name in sys.modules:
+                continue
+            spec_ = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec_)
+            sys.modules[name] = module
+            spec_.loader.exec_module(module)
+            continue
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
+        try:
+            importlib.import_module(item)
+        except ModuleNotFoundError as err:
+            if err.name and item.startswith(err.name):  # the module itself, not one it imports
+                raise ConfigError(f"IMPORTS: no module named {item!r} (give an importable name or a .py file)") \
+                    from None
+            raise
+
+
+def _check_masking(cfg: CfgNode) -> None:
+    import difflib
+
+    from ..masking import MASKING_REGISTRY
+
+    for key in ("MASK.TYPE", "MASK.DECODER_TYPE"):
+        name = _lookup(cfg, key)
+        if (name or key == "MASK.TYPE") and name not in MASKING_REGISTRY:
+            close = difflib.get_close_matches(name, list(MASKING_REGISTRY), n=1)
+            raise ConfigError(f"{key} = {name!r} is not a registered masking strategy "
+                              f"({', '.join(sorted(MASKING_REGISTRY))})" +
+                              (f"; did you mean {close[0]!r}?" if close else
+                               "; a strategy of your own needs IMPORTS to load the module that registers it"))
+
+
 def validate(cfg: CfgNode) -> None:
+    _check_masking(cfg)
     for key, choices in _CHOICES.items():
         value = _lookup(cfg, key)
         if value not in choices:
@@ -178,6 +229,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             cfg.merge_from_list(list(overrides))
         except (KeyError, AssertionError, ValueError) as err:
             raise _explain("command line", err) from None
+    import_user_modules(cfg.IMPORTS)
     validate(cfg)
     cfg.freeze()
     return cfg

@@ -3,6 +3,7 @@ batch into a loss, and (for classification) evaluates. Pretraining lives here; f
 linear probing plug in the same way."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import timm
@@ -47,6 +48,7 @@ class PretrainTask:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self.log = print  # the trainer hands in its logger
         self.mask = build_masking(cfg.MASK.TYPE, cfg.MASK.RATIO)
         self.decoder_mask = build_masking(cfg.MASK.DECODER_TYPE, cfg.MASK.DECODER_RATIO) \
             if cfg.MASK.DECODER_TYPE else None
@@ -58,6 +60,13 @@ class PretrainTask:
         if not hasattr(model, "decoder"):
             raise ValueError(f"MODEL.NAME={m.NAME} is not a pretraining model; use a "
                              "pretrain_videomae_* name for TASK pretrain")
+        grid = tuple(model.grid_size)
+        line = (f"masking: {self.mask.name} {self.cfg.MASK.RATIO:g} -> {self.mask.num_masked(grid)} of "
+                f"{math.prod(grid)} cubes masked per clip (grid {'x'.join(map(str, grid))})")
+        if self.decoder_mask is not None:
+            line += (f"; decoder: {self.decoder_mask.name} {self.cfg.MASK.DECODER_RATIO:g} -> "
+                     f"{self.decoder_mask.num_masked(grid)} not reconstructed")
+        self.log(line)
         return model
 
     def param_groups(self, model):
