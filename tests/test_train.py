@@ -107,6 +107,21 @@ def test_a_strategy_of_your_own_trains_through_imports(tmp_path, synthetic_root,
     assert losses(tmp_path / "run")[0] > 0
 
 
+def test_pretraining_starts_from_pretrained_weights(tmp_path, synthetic_root):
+    first = tmp_path / "first"
+    run_train(first, synthetic_root, "TRAIN.MAX_STEPS", 2)
+    # at lr 0 the weights cannot move: what the second run writes is exactly what it loaded
+    result = run_train(tmp_path / "second", synthetic_root, "TRAIN.MAX_STEPS", 1, "MODEL.PRETRAINED",
+                       first / "model.pt", "TRAIN.BASE_LR", 0, "TRAIN.MIN_LR", 0, "TRAIN.WARMUP_LR", 0)
+    assert "model.pt (videomae): loaded" in result.stdout
+    loaded = torch.load(first / "model.pt", weights_only=True)["model"]
+    written = torch.load(tmp_path / "second" / "model.pt", weights_only=True)["model"]
+    assert set(written) == set(loaded) and all(torch.equal(written[k], loaded[k]) for k in loaded)
+    refused = run_train(tmp_path / "third", synthetic_root, "TRAIN.MAX_STEPS", 1, "MODEL.PRETRAINED",
+                        tmp_path / "missing.pt", check=False)
+    assert refused.returncode == 1 and "checkpoint not found" in refused.stderr
+
+
 @pytest.mark.parametrize("stage", [2])
 def test_zero_shards_optimizer_state(stage):
     import importlib.util

@@ -37,7 +37,7 @@ C.MODEL.HEAD_DROP = 0.0
 C.MODEL.NUM_CLASSES = 0              # classification tasks; 0 = from the dataset
 C.MODEL.GRAD_CHECKPOINTING = False
 C.MODEL.COMPILE = False
-C.MODEL.PRETRAINED = ""              # checkpoint to start from (fine-tuning)
+C.MODEL.PRETRAINED = ""              # weights to start from: fine-tuning, or more pretraining
 
 C.MASK = CfgNode()
 C.MASK.TYPE = "tube"
@@ -212,6 +212,20 @@ def validate(cfg: CfgNode) -> None:
                           f"MODEL.TUBELET_SIZE={cfg.MODEL.TUBELET_SIZE}")
 
 
+def _ints_as_floats(cfg: CfgNode, overrides: list) -> list:
+    """`TRAIN.BASE_LR 0` means 0.0: yacs would reject the int for a float key."""
+    out = []
+    for key, value in zip(overrides[0::2], overrides[1::2]):
+        try:
+            current = _lookup(cfg, str(key))
+        except KeyError:
+            current = None   # merge_from_list names the unknown key
+        if isinstance(current, float) and re.fullmatch(r"\s*[+-]?\d+\s*", str(value)):
+            value = f"{str(value).strip()}.0"
+        out += [key, value]
+    return out
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> CfgNode:
     """Defaults <- YAML file (with `_BASE_` chain) <- `KEY VALUE` overrides; then validated."""
     cfg = get_defaults()
@@ -226,7 +240,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if len(overrides) % 2:
             raise ConfigError(f"overrides come in KEY VALUE pairs; got an odd list: {overrides}")
         try:
-            cfg.merge_from_list(list(overrides))
+            cfg.merge_from_list(_ints_as_floats(cfg, list(overrides)))
         except (KeyError, AssertionError, ValueError) as err:
             raise _explain("command line", err) from None
     import_user_modules(cfg.IMPORTS)

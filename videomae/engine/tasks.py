@@ -60,6 +60,9 @@ class PretrainTask:
         if not hasattr(model, "decoder"):
             raise ValueError(f"MODEL.NAME={m.NAME} is not a pretraining model; use a "
                              "pretrain_videomae_* name for TASK pretrain")
+        if m.PRETRAINED:  # continue pretraining, e.g. from official weights on a new dataset
+            from ..convert import load_checkpoint
+            self.log(str(load_checkpoint(model, m.PRETRAINED)))
         grid = tuple(model.grid_size)
         line = (f"masking: {self.mask.name} {self.cfg.MASK.RATIO:g} -> {self.mask.num_masked(grid)} of "
                 f"{math.prod(grid)} cubes masked per clip (grid {'x'.join(map(str, grid))})")
