@@ -33,6 +33,8 @@ def test_overrides_and_errors_name_the_key(tmp_path):
         load_config(None, ["TRAIN.BATCH_SIZE", "many"])
     with pytest.raises(ConfigError, match="DEEPSPEED.ZERO_STAGE = 4"):
         load_config(None, ["DEEPSPEED.ZERO_STAGE", "4"])
+    with pytest.raises(ConfigError, match="TRAIN.EMA = 0.999 applies to TASK finetune / linprobe, not pretrain"):
+        load_config(None, ["TASK", "pretrain", "TRAIN.EMA", "0.999"])
     with pytest.raises(ConfigError, match="KEY VALUE pairs"):
         load_config(None, ["TRAIN.EPOCHS"])
     with pytest.raises(ConfigError, match="MASK.TYPE = 'tubes' is not a registered masking strategy .*did you mean 'tube'"):

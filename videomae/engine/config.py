@@ -207,6 +207,11 @@ def validate(cfg: CfgNode) -> None:
             raise ConfigError(f"{key} must be >= 1, got {_lookup(cfg, key)}")
     if not 0.0 <= cfg.MASK.RATIO < 1.0:
         raise ConfigError(f"MASK.RATIO must be in [0, 1), got {cfg.MASK.RATIO}")
+    if cfg.TASK == "pretrain":  # fine-tuning knobs that pretraining would otherwise ignore silently
+        for key, neutral in (("TRAIN.EMA", 0.0), ("TRAIN.LAYER_DECAY", 1.0)):
+            if _lookup(cfg, key) != neutral:
+                raise ConfigError(f"{key} = {_lookup(cfg, key)} applies to TASK finetune / linprobe, not pretrain; "
+                                  f"leave it at {neutral}")
     if cfg.MODEL.NUM_FRAMES % cfg.MODEL.TUBELET_SIZE:
         raise ConfigError(f"MODEL.NUM_FRAMES={cfg.MODEL.NUM_FRAMES} is not a multiple of "
                           f"MODEL.TUBELET_SIZE={cfg.MODEL.TUBELET_SIZE}")
