@@ -1,11 +1,11 @@
 """What a pretrained VideoMAE reconstructs: one picture per video, every masking strategy asked for
 side by side on the same clip, with each strategy's masked-cube loss.
 
-    python tools/visualize.py --config configs/pretrain/ssv2_vit_b.yaml \
-        --checkpoint runs/ssv2_pretrain/model.pt --video a.webm b.webm --masks tube,random,frame \
-        --out pictures/ [MASK.RATIO 0.75 ...]
+    python tools/visualize.py --checkpoint runs/ssv2_pretrain/model.pt --video a.webm b.webm \
+        --masks tube,random,frame --out pictures/ [MASK.RATIO 0.75 ...]
+    python tools/visualize.py --config configs/pretrain/k400_vit_b.yaml --checkpoint official.pth ...
 
-The clip is the centre dense clip of each video (the config's frames and sampling rate), short side
+Our model.pt files carry their config; other checkpoints need `--config`. The clip is the centre dense clip of each video (the config's frames and sampling rate), short side
 resized and centre-cropped to the model's size. The checkpoint must hold the decoder (ours, official
 VideoMAE pretraining files, HF `VideoMAEForPreTraining`); an encoder-only or fine-tuned checkpoint
 cannot reconstruct and is refused. Writes `<out>/<video name>.png` and prints one line per video
@@ -39,9 +39,38 @@ def read_center_clip(path: str, cfg):
     return clip.permute(1, 0, 2, 3)[None].contiguous()
 
 
+def stored_config(checkpoint: str) -> str:
+    """The config a run saved with its weights (inside our `model.pt`, or `config.yaml` in a run
+    folder), as a file path for load_config."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from videomae.convert.formats import CheckpointError, read_state_dict
+
+    if os.path.isdir(checkpoint):
+        path = os.path.join(checkpoint, "config.yaml")
+        if not os.path.isfile(path):
+            raise ConfigError(f"{checkpoint} holds no config.yaml: give the config it was trained with (--config)")
+        return path
+    try:
+        text = read_state_dict(checkpoint)[1].get("config")
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from None
+    if not text:
+        raise ConfigError(f"{checkpoint} carries no config: give the one it was trained with (--config)")
+    folder = tempfile.mkdtemp(prefix="videomae_cfg_")
+    atexit.register(shutil.rmtree, folder, True)
+    path = os.path.join(folder, "config.yaml")
+    with open(path, "w") as handle:
+        handle.write(text)
+    return path
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="the pretraining config the checkpoint was made with")
+    parser.add_argument("--config", help="the pretraining config the checkpoint was made with "
+                                         "(default: the one our model.pt files carry)")
     parser.add_argument("--checkpoint", required=True, help="pretraining model.pt, run folder, or foreign file")
     parser.add_argument("--video", required=True, nargs="+", help="one or more video files")
     parser.add_argument("--masks", default="", help="comma-separated strategies (default: the config's MASK.TYPE)")
@@ -51,7 +80,7 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE pairs, e.g. MASK.RATIO 0.75")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, [*args.overrides, "MODEL.PRETRAINED", ""])
+        cfg = load_config(args.config or stored_config(args.checkpoint), [*args.overrides, "MODEL.PRETRAINED", ""])
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
@@ -70,7 +99,9 @@ def main(argv=None) -> int:
         print(f"error: unknown masking strategy {unknown}; choose from {sorted(MASKING_REGISTRY)}", file=sys.stderr)
         return 2
     try:
-        model = PretrainTask(cfg).build_model()
+        task = PretrainTask(cfg)
+        task.log = lambda line: None   # its masking line is about MASK.TYPE; ours are printed below
+        model = task.build_model()
         report = load_checkpoint(model, args.checkpoint)
         untrained = [k for k in report.new if k.startswith(DECODER_PARTS)]
         if untrained:
