@@ -51,6 +51,21 @@ def test_overrides_and_errors_name_the_key(tmp_path):
         load_config(bad)
 
 
+def test_stored_config_or_a_clear_error(tmp_path):
+    import torch
+
+    from videomae.engine.config import stored_config
+
+    cfg = load_config(None, ["TRAIN.BATCH_SIZE", "7"])
+    torch.save({"model": {"w": torch.zeros(1)}, "config": cfg.dump()}, tmp_path / "ours.pt")
+    assert load_config(stored_config(str(tmp_path / "ours.pt"))).TRAIN.BATCH_SIZE == 7
+    torch.save({"model": {"w": torch.zeros(1)}}, tmp_path / "foreign.pth")
+    with pytest.raises(ConfigError, match="foreign.pth carries no config: give the one it was trained with"):
+        stored_config(str(tmp_path / "foreign.pth"))
+    with pytest.raises(ConfigError, match="holds no config.yaml"):
+        stored_config(str(tmp_path))
+
+
 def test_base_inheritance(tmp_path):
     (tmp_path / "base.yaml").write_text("TRAIN:\n  EPOCHS: 10\n  BATCH_SIZE: 4\n")
     (tmp_path / "child.yaml").write_text("_BASE_: base.yaml\nTRAIN:\n  EPOCHS: 20\n")

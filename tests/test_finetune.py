@@ -50,10 +50,11 @@ def test_finetune_loads_pretrained_and_reports(finetuned):
 
 def test_tools_test_reproduces_the_final_test(finetuned, synthetic_root, tmp_path):
     out, _ = finetuned
-    result = run_tool("tools/test.py", *FT, "--checkpoint", out / "model.pt", "OUTPUT_DIR", tmp_path,
-                      *data_args(synthetic_root), *FT_TINY)
+    # no --config: the fine-tuned model.pt carries the run's config (lists, frames, views)
+    result = run_tool("tools/test.py", "--checkpoint", out / "model.pt", "OUTPUT_DIR", tmp_path)
     metrics = final_json(result.stdout)
     assert metrics["top1"] == pytest.approx(json.load(open(out / "test_metrics.json"))["top1"])
+    assert metrics["views"] == "2x3"
 
 
 def test_multi_view_merge_across_two_ranks(finetuned, synthetic_root, tmp_path):

@@ -1,7 +1,10 @@
 """Multi-view test of a fine-tuned checkpoint: softmax averaged over clips x crops per video.
 
-    python tools/test.py --config configs/finetune/ssv2_vit_b.yaml --checkpoint runs/ssv2_ft/model.pt
-    torchrun --nproc_per_node 8 tools/test.py --config ... --checkpoint ... DATA.TEST_NUM_CLIPS 2
+    python tools/test.py --checkpoint runs/ssv2_ft/model.pt OUTPUT_DIR runs/ssv2_ft/test
+    torchrun --nproc_per_node 8 tools/test.py --config configs/finetune/ssv2_vit_b.yaml --checkpoint official.pth
+
+Our fine-tuned model.pt files carry their config (data lists, frames, views); other checkpoints need
+`--config`. KEY VALUE pairs override either.
 
 Writes test_predictions.csv, test_per_class.csv, test_confusion.png and test_metrics.json to
 OUTPUT_DIR. A pretraining checkpoint is refused: its head was never trained.
@@ -16,18 +19,18 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from videomae.convert import CheckpointError, load_checkpoint  # noqa: E402
-from videomae.engine.config import ConfigError, load_config  # noqa: E402
+from videomae.engine.config import ConfigError, load_config, stored_config  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", help="default: the config the fine-tuned model.pt carries")
     parser.add_argument("--checkpoint", required=True, help="fine-tuned model.pt, run folder, or foreign file")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, [*args.overrides, "MODEL.PRETRAINED", ""])
+        cfg = load_config(args.config or stored_config(args.checkpoint), [*args.overrides, "MODEL.PRETRAINED", ""])
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

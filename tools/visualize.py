@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from videomae.engine.config import ConfigError, load_config  # noqa: E402
+from videomae.engine.config import ConfigError, load_config, stored_config  # noqa: E402
 
 DECODER_PARTS = ("decoder", "encoder_to_decoder", "mask_token")
 
@@ -37,34 +37,6 @@ def read_center_clip(path: str, cfg):
         frames = torch.from_numpy(reader.get_frames(indices)).permute(0, 3, 1, 2)   # T, C, H, W
     clip = eval_transform(cfg.MODEL.IMG_SIZE)(frames)
     return clip.permute(1, 0, 2, 3)[None].contiguous()
-
-
-def stored_config(checkpoint: str) -> str:
-    """The config a run saved with its weights (inside our `model.pt`, or `config.yaml` in a run
-    folder), as a file path for load_config."""
-    import atexit
-    import shutil
-    import tempfile
-
-    from videomae.convert.formats import CheckpointError, read_state_dict
-
-    if os.path.isdir(checkpoint):
-        path = os.path.join(checkpoint, "config.yaml")
-        if not os.path.isfile(path):
-            raise ConfigError(f"{checkpoint} holds no config.yaml: give the config it was trained with (--config)")
-        return path
-    try:
-        text = read_state_dict(checkpoint)[1].get("config")
-    except CheckpointError as err:
-        raise ConfigError(str(err)) from None
-    if not text:
-        raise ConfigError(f"{checkpoint} carries no config: give the one it was trained with (--config)")
-    folder = tempfile.mkdtemp(prefix="videomae_cfg_")
-    atexit.register(shutil.rmtree, folder, True)
-    path = os.path.join(folder, "config.yaml")
-    with open(path, "w") as handle:
-        handle.write(text)
-    return path
 
 
 def main(argv=None) -> int:

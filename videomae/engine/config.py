@@ -254,6 +254,34 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return cfg
 
 
+def stored_config(checkpoint: str) -> str:
+    """The config a run saved with its weights (inside our `model.pt`, or `config.yaml` in a run
+    folder), as a file path for load_config: tools take `--config` only for other checkpoints."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from ..convert.formats import CheckpointError, read_state_dict
+
+    if os.path.isdir(checkpoint):
+        path = os.path.join(checkpoint, "config.yaml")
+        if not os.path.isfile(path):
+            raise ConfigError(f"{checkpoint} holds no config.yaml: give the config it was trained with (--config)")
+        return path
+    try:
+        text = read_state_dict(checkpoint)[1].get("config")
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from None
+    if not text:
+        raise ConfigError(f"{checkpoint} carries no config: give the one it was trained with (--config)")
+    folder = tempfile.mkdtemp(prefix="videomae_cfg_")
+    atexit.register(shutil.rmtree, folder, True)
+    path = os.path.join(folder, "config.yaml")
+    with open(path, "w") as handle:
+        handle.write(text)
+    return path
+
+
 def save_config(cfg: CfgNode, path: str | os.PathLike) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as handle:
