@@ -51,10 +51,10 @@ def deepspeed_config(cfg, clips_per_micro: int, device) -> dict:
 
 class Trainer:
     def __init__(self, cfg, task):
+        self.cfg, self.task = cfg, task
+        self.info, self.device = init_distributed()  # first: it tells DeepSpeed which accelerator
         import deepspeed
 
-        self.cfg, self.task = cfg, task
-        self.info, self.device = init_distributed()
         self.out_dir = cfg.OUTPUT_DIR
         self.ckpt_dir = os.path.join(self.out_dir, "checkpoints")
         if self.info.is_main:
