@@ -63,14 +63,20 @@ class PretrainTask:
         if m.PRETRAINED:  # continue pretraining, e.g. from official weights on a new dataset
             from ..convert import load_checkpoint
             self.log(str(load_checkpoint(model, m.PRETRAINED)))
-        grid = tuple(model.grid_size)
-        line = (f"masking: {self.mask.name} {self.cfg.MASK.RATIO:g} -> {self.mask.num_masked(grid)} of "
-                f"{math.prod(grid)} cubes masked per clip (grid {'x'.join(map(str, grid))})")
+        self.log(self.describe_masking(tuple(model.grid_size)))
+        return model
+
+    def describe_masking(self, grid) -> str:
+        """Counted on a drawn mask, so a strategy of your own is described by what it does."""
+        def count(strategy):
+            return int(strategy(1, grid, generator=torch.Generator().manual_seed(0)).sum())
+
+        line = (f"masking: {self.mask.name} {self.cfg.MASK.RATIO:g} -> {count(self.mask)} of {math.prod(grid)} "
+                f"cubes masked per clip (grid {'x'.join(map(str, grid))})")
         if self.decoder_mask is not None:
             line += (f"; decoder: {self.decoder_mask.name} {self.cfg.MASK.DECODER_RATIO:g} -> "
-                     f"{self.decoder_mask.num_masked(grid)} not reconstructed")
-        self.log(line)
-        return model
+                     f"{count(self.decoder_mask)} not reconstructed")
+        return line
 
     def param_groups(self, model):
         return param_groups(model, self.cfg.TRAIN.WEIGHT_DECAY)
