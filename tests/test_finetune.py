@@ -89,6 +89,10 @@ def test_extract_features(pretrained, synthetic_root, tmp_path):
     features = np.load(tmp_path / "val.npy")
     assert features.shape == (8, 192) and np.isfinite(features).all()
     assert len(open(tmp_path / "val.csv").read().splitlines()) == 9
+    # no --config: the pretraining run's own config, its encoder read as a classifier's
+    run_tool("tools/extract_features.py", "--checkpoint", pretrained, "--list", synthetic_root / "val.csv",
+             "--out", tmp_path / "stored", "DATA.FINETUNE_SAMPLING", "segment")
+    assert np.allclose(np.load(tmp_path / "stored.npy"), features, atol=1e-5)
 
 
 def test_cutmix_box_goes_through_every_frame():

@@ -1,7 +1,8 @@
 """Mean-pooled clip features of a frozen encoder for every video of a list.
 
-    python tools/extract_features.py --config configs/finetune/k400_vit_b.yaml \
-        --checkpoint runs/pretrain/model.pt --list lists/k400/val.csv --out features/k400_val
+    python tools/extract_features.py --checkpoint runs/pretrain/model.pt --list lists/k400/val.csv \
+        --out features/k400_val
+    python tools/extract_features.py --config configs/finetune/k400_vit_b.yaml --checkpoint official.pth ...
 
 Writes `<out>.npy` (videos x dim, float32; views averaged per video) and `<out>.csv` (row -> path,
 label). Works with pretraining or fine-tuned checkpoints: only the encoder is used.
@@ -16,9 +17,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+PRETRAIN_PREFIX, CLASSIFIER_PREFIX = "pretrain_videomae_", "videomae_vit_"   # the registered name pairs
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", help="default: the config our model.pt carries")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--list", required=True, help="VideoMAE list (<path> <label>)")
     parser.add_argument("--out", required=True, help="output prefix")
@@ -33,13 +37,19 @@ def main(argv=None) -> int:
 
     from videomae.convert import load_checkpoint
     from videomae.engine.classification import build_classifier_from_cfg
-    from videomae.engine.config import load_config
+    from videomae.engine.config import load_config, stored_config
     from videomae.engine.data import build_dataset, build_eval_loader
     from videomae.engine.distributed import init_distributed
     from videomae.engine.tasks import normalize_on_device
 
-    cfg = load_config(args.config, [*args.overrides, "MODEL.PRETRAINED", "", "DATA.TEST_LIST", args.list,
-                                    "DATA.VAL_LIST", args.list, "DATA.LIST_DIR", ""])
+    config = args.config or stored_config(args.checkpoint)
+    overrides = [*args.overrides, "MODEL.PRETRAINED", "", "DATA.TEST_LIST", args.list, "DATA.VAL_LIST", args.list,
+                 "DATA.LIST_DIR", ""]
+    name = load_config(config, overrides).MODEL.NAME
+    if name.startswith(PRETRAIN_PREFIX):  # a pretraining run's config: the same encoder, as a classifier
+        overrides += ["TASK", "finetune", "MODEL.NAME", CLASSIFIER_PREFIX + name[len(PRETRAIN_PREFIX):],
+                      "MODEL.NUM_CLASSES", "1"]   # a placeholder head: features come from before it
+    cfg = load_config(config, overrides)
     info, device = init_distributed()
     model = build_classifier_from_cfg(cfg)
     print(load_checkpoint(model, args.checkpoint))
