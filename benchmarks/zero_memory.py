@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -48,15 +47,11 @@ def worker(args) -> None:
         print("\n".join(json.dumps(r) for r in rows), flush=True)
 
 
-def free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
-
-
 def run_stage(stage: int, args) -> list[dict]:
+    from videomae.engine.distributed import free_port
+
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           free_port(), __file__, "--worker", "--stage", str(stage), "--size", args.size,
+           str(free_port()), __file__, "--worker", "--stage", str(stage), "--size", args.size,
            "--frames", str(args.frames), "--img-size", str(args.img_size)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)

@@ -1,10 +1,11 @@
 """Running tools/train.py as a user would, on the small synthetic set."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from videomae.engine import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -23,9 +24,7 @@ def train_args(out_dir, data_root, *overrides):
 
 def free_port() -> str:
     """A port nothing listens on now, for a launcher's rendezvous."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
+    return str(distributed.free_port())
 
 
 def env():

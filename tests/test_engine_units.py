@@ -54,16 +54,17 @@ def test_overrides_and_errors_name_the_key(tmp_path):
 def test_stored_config_or_a_clear_error(tmp_path):
     import torch
 
-    from videomae.engine.config import stored_config
+    from videomae.engine.config import checkpoint_config
 
-    cfg = load_config(None, ["TRAIN.BATCH_SIZE", "7"])
+    cfg = load_config(None, ["TRAIN.BATCH_SIZE", "7", "MODEL.PRETRAINED", "x.pt"])
     torch.save({"model": {"w": torch.zeros(1)}, "config": cfg.dump()}, tmp_path / "ours.pt")
-    assert load_config(stored_config(str(tmp_path / "ours.pt"))).TRAIN.BATCH_SIZE == 7
+    stored = checkpoint_config(str(tmp_path / "ours.pt"), overrides=["TRAIN.EPOCHS", "3"])
+    assert (stored.TRAIN.BATCH_SIZE, stored.TRAIN.EPOCHS, stored.MODEL.PRETRAINED) == (7, 3, "")
     torch.save({"model": {"w": torch.zeros(1)}}, tmp_path / "foreign.pth")
     with pytest.raises(ConfigError, match="foreign.pth carries no config: give the one it was trained with"):
-        stored_config(str(tmp_path / "foreign.pth"))
+        checkpoint_config(str(tmp_path / "foreign.pth"))
     with pytest.raises(ConfigError, match="holds no config.yaml"):
-        stored_config(str(tmp_path))
+        checkpoint_config(str(tmp_path))
 
 
 def test_base_inheritance(tmp_path):

@@ -57,7 +57,7 @@ def reconstruction_picture(cfg, trainer, out_png: str) -> str:
     video = normalize_on_device(item["video"][None], trainer.device)
     mask = build_masking(cfg.MASK.TYPE, cfg.MASK.RATIO)(1, model.grid_size, device=trainer.device,
                                                         generator=torch.Generator(trainer.device).manual_seed(0))
-    plot_reconstruction(model.float(), video, mask, out_png)
+    plot_reconstruction(model.float(), video, {cfg.MASK.TYPE: mask}, out_png)
     return out_png
 
 

@@ -37,19 +37,19 @@ def main(argv=None) -> int:
 
     from videomae.convert import load_checkpoint
     from videomae.engine.classification import build_classifier_from_cfg
-    from videomae.engine.config import load_config, stored_config
+    from videomae.engine.config import checkpoint_config
     from videomae.engine.data import build_dataset, build_eval_loader
     from videomae.engine.distributed import init_distributed
     from videomae.engine.tasks import normalize_on_device
 
-    config = args.config or stored_config(args.checkpoint)
-    overrides = [*args.overrides, "MODEL.PRETRAINED", "", "DATA.TEST_LIST", args.list, "DATA.VAL_LIST", args.list,
-                 "DATA.LIST_DIR", ""]
-    name = load_config(config, overrides).MODEL.NAME
-    if name.startswith(PRETRAIN_PREFIX):  # a pretraining run's config: the same encoder, as a classifier
-        overrides += ["TASK", "finetune", "MODEL.NAME", CLASSIFIER_PREFIX + name[len(PRETRAIN_PREFIX):],
-                      "MODEL.NUM_CLASSES", "1"]   # a placeholder head: features come from before it
-    cfg = load_config(config, overrides)
+    cfg = checkpoint_config(args.checkpoint, args.config, [*args.overrides, "DATA.TEST_LIST", args.list,
+                                                           "DATA.VAL_LIST", args.list, "DATA.LIST_DIR", ""])
+    if cfg.MODEL.NAME.startswith(PRETRAIN_PREFIX):  # a pretraining run's config: the same encoder, as a classifier
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.NAME = CLASSIFIER_PREFIX + cfg.MODEL.NAME[len(PRETRAIN_PREFIX):]
+        cfg.MODEL.NUM_CLASSES = 1  # a placeholder head: features come from before it
+        cfg.freeze()
     info, device = init_distributed()
     model = build_classifier_from_cfg(cfg)
     print(load_checkpoint(model, args.checkpoint))

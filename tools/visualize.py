@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from videomae.engine.config import ConfigError, load_config, stored_config  # noqa: E402
+from videomae.engine.config import ConfigError, checkpoint_config  # noqa: E402
 
 DECODER_PARTS = ("decoder", "encoder_to_decoder", "mask_token")
 
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE pairs, e.g. MASK.RATIO 0.75")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config or stored_config(args.checkpoint), [*args.overrides, "MODEL.PRETRAINED", ""])
+        cfg = checkpoint_config(args.checkpoint, args.config, args.overrides)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

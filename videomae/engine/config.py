@@ -231,8 +231,10 @@ def _ints_as_floats(cfg: CfgNode, overrides: list) -> list:
     return out
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> CfgNode:
-    """Defaults <- YAML file (with `_BASE_` chain) <- `KEY VALUE` overrides; then validated."""
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                text: str | None = None) -> CfgNode:
+    """Defaults <- YAML file (with `_BASE_` chain) or YAML text (a config stored in a checkpoint)
+    <- `KEY VALUE` overrides; then validated."""
     cfg = get_defaults()
     if path is not None:
         if not os.path.isfile(path):
@@ -241,6 +243,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             cfg.merge_from_file(os.fspath(path))
         except (KeyError, AssertionError, ValueError) as err:
             raise _explain(os.fspath(path), err) from None
+    if text is not None:
+        try:
+            cfg.merge_from_other_cfg(CfgNode.load_cfg(text))
+        except (KeyError, AssertionError, ValueError) as err:
+            raise _explain("stored config", err) from None
     if overrides:
         if len(overrides) % 2:
             raise ConfigError(f"overrides come in KEY VALUE pairs; got an odd list: {overrides}")
@@ -254,32 +261,34 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return cfg
 
 
-def stored_config(checkpoint: str) -> str:
-    """The config a run saved with its weights (inside our `model.pt`, or `config.yaml` in a run
-    folder), as a file path for load_config: tools take `--config` only for other checkpoints."""
-    import atexit
-    import shutil
-    import tempfile
-
-    from ..convert.formats import CheckpointError, read_state_dict
-
+def checkpoint_config(checkpoint: str, config: str | None = None, overrides=()) -> CfgNode:
+    """The config to use `checkpoint` with: `config` when given, else the one its run stored with it
+    (inside our `model.pt`, or `config.yaml` in a run folder), so tools need `--config` only for other
+    projects' checkpoints. The weights come from `checkpoint`, so MODEL.PRETRAINED is cleared."""
+    overrides = [*overrides, "MODEL.PRETRAINED", ""]
+    if config:
+        return load_config(config, overrides)
     if os.path.isdir(checkpoint):
         path = os.path.join(checkpoint, "config.yaml")
         if not os.path.isfile(path):
             raise ConfigError(f"{checkpoint} holds no config.yaml: give the config it was trained with (--config)")
-        return path
-    try:
-        text = read_state_dict(checkpoint)[1].get("config")
-    except CheckpointError as err:
-        raise ConfigError(str(err)) from None
-    if not text:
-        raise ConfigError(f"{checkpoint} carries no config: give the one it was trained with (--config)")
-    folder = tempfile.mkdtemp(prefix="videomae_cfg_")
-    atexit.register(shutil.rmtree, folder, True)
-    path = os.path.join(folder, "config.yaml")
-    with open(path, "w") as handle:
-        handle.write(text)
-    return path
+        return load_config(path, overrides)
+    return load_config(None, overrides, text=_stored_config_text(checkpoint))
+
+
+def _stored_config_text(path: str) -> str:
+    import torch
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint not found: {path}")
+    try:  # mmap: only the metadata is read; the tensors stay on disk until the weights are loaded
+        stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # safetensors, an old-format pickle, ...: not one of ours
+        stored = None
+    text = stored.get("config") if isinstance(stored, dict) else None
+    if not isinstance(text, str) or not text:
+        raise ConfigError(f"{path} carries no config: give the one it was trained with (--config)")
+    return text
 
 
 def save_config(cfg: CfgNode, path: str | os.PathLike) -> None:

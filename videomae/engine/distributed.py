@@ -63,7 +63,8 @@ def _expand_one(name: str) -> list[str]:
     return [expanded for v in values for expanded in _expand_one(head + v + tail)]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port nothing listens on now, for a rendezvous."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -84,7 +85,7 @@ def detect(env: dict | None = None) -> DistInfo:
         port = int(env.get("MASTER_PORT", 0)) or 20000 + job % 20000
         return DistInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
                         env.get("MASTER_ADDR") or hosts[0], port, "slurm")
-    return DistInfo(master_port=int(env.get("MASTER_PORT", 0)) or _free_port())
+    return DistInfo(master_port=int(env.get("MASTER_PORT", 0)) or free_port())
 
 
 def setup_env(info: DistInfo) -> None:

@@ -41,10 +41,10 @@ def _to_image(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def plot_reconstruction(model, video: torch.Tensor, masks, out_png: str, frames: int = 4) -> dict[str, float]:
+def plot_reconstruction(model, video: torch.Tensor, masks: dict, out_png: str, frames: int = 4) -> dict[str, float]:
     """One clip: its input frames, then for each mask what the encoder sees and the masked cubes'
-    targets vs predictions. `masks` is one (1, N) bool mask or a {name: mask} dict (to compare
-    strategies on the same clip). Returns each mask's reconstruction loss.
+    targets vs predictions. `masks` maps a name to a (1, N) bool mask; several compare strategies on
+    the same clip. Returns each mask's reconstruction loss.
 
     With normalized targets both are shown in the per-cube normalized space. Predictions are
     deliberately not mapped back to pixels with the true cubes' mean and std, which would borrow
@@ -52,8 +52,6 @@ def plot_reconstruction(model, video: torch.Tensor, masks, out_png: str, frames:
     """
     from ..models.targets import unnormalize, unpatchify
 
-    if torch.is_tensor(masks):
-        masks = {"": masks}
     plt = _pyplot()
     model.eval()
     grid, t, p = model.grid_size, model.tubelet_size, model.patch_size
@@ -76,7 +74,7 @@ def plot_reconstruction(model, video: torch.Tensor, masks, out_png: str, frames:
         target_full[decoded] = target[decoded]
         shown = volume((~mask[0]).float()[:, None].expand_as(target))   # 1 where the encoder looks
         pred_img, target_img = volume(pred_full), volume(target_full)
-        tag = f" ({name})" if name else ""
+        tag = f" ({name})"
         rows.append((f"encoder sees{tag}", lambda i, shown=shown: pixels_of(pixels[:, i] * shown[:, i])))
         if model.cfg.norm_target:
             rows += [(f"target{tag}\n(norm. cubes)", lambda i, x=target_img: _to_image(x[:, i])),
