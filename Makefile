@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-gpu demo bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): setup.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# On a GPU machine whose Python already has the dependencies (docs/gpu.md): installs nothing, and
+# fails at once if torch sees no GPU; the tools under test run on cuda.
+test-gpu:
+	VIDEOMAE_REQUIRE_CUDA=1 $(PYTHON) -m pytest -q tests
 
 demo: $(STAMP)
 	$(PY) tools/demo.py

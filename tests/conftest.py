@@ -7,6 +7,35 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_sessionstart(session):
+    """`make test-gpu` sets VIDEOMAE_REQUIRE_CUDA: a GPU run that finds no GPU must not pass on CPU."""
+    if os.environ.get("VIDEOMAE_REQUIRE_CUDA") and not torch.cuda.is_available():
+        pytest.exit("VIDEOMAE_REQUIRE_CUDA is set but torch sees no GPU", returncode=2)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many passed tests put the accelerator to work (tools they launched, or the `device`
+    fixture): the figure that says a GPU run tested the GPU."""
+    if not torch.cuda.is_available():
+        return
+    from helpers import CUDA_TESTS
+
+    passed = {report.nodeid for report in terminalreporter.stats.get("passed", []) if report.when == "call"}
+    terminalreporter.write_line(f"{len(passed & CUDA_TESTS)} tests ran on cuda "
+                                f"({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} visible)")
+
+
+@pytest.fixture
+def device(request):
+    """The accelerator when there is one, else the CPU: in-process checks that should run on the GPU
+    in `make test-gpu` and still run (on CPU) everywhere else."""
+    if torch.cuda.is_available():
+        from helpers import CUDA_TESTS
+        CUDA_TESTS.add(request.node.nodeid)
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 @pytest.fixture
 def tiny_kwargs():
     """A model small enough for CPU tests: 4 frames of 32x32, 8x8 patches -> 2x4x4 = 32 tokens."""

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from videomae.engine import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +29,23 @@ def free_port() -> str:
     return str(distributed.free_port())
 
 
-def env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# node ids of the tests that ran a tool on a GPU; conftest prints how many passed
+CUDA_TESTS: set = set()
+
+
+def device_for_ranks(nproc: int) -> str:
+    """What `nproc` ranks of a tool run on here: one GPU each where there are enough (the tools pick
+    the GPU themselves), else CPU with gloo (NCCL refuses two ranks on one GPU)."""
+    return "cuda" if torch.cuda.device_count() >= nproc else "cpu"
+
+
+def env(nproc: int = 1):
+    extra = {}
+    if device_for_ranks(nproc) == "cpu":
+        extra = {"VIDEOMAE_DEVICE": "cpu", "DS_ACCELERATOR": "cpu"}
+    elif "PYTEST_CURRENT_TEST" in os.environ:
+        CUDA_TESTS.add(os.environ["PYTEST_CURRENT_TEST"].rsplit(" (", 1)[0])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
 def run_tool(script, *args, nproc=1, check=True, timeout=600):
@@ -36,7 +53,7 @@ def run_tool(script, *args, nproc=1, check=True, timeout=600):
     launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                                       "--master_port", free_port()]
     cmd = [PYTHON, *launcher, str(script), *map(str, args)]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env(), timeout=timeout)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env(nproc), timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result

@@ -145,11 +145,11 @@ def test_deepspeed_launcher(tmp_path, synthetic_root):
 
     from helpers import ROOT, env, free_port, train_args
 
-    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    cmd = [launcher, "--num_gpus", "2", "--master_port", free_port(),
+    # the module, not the `deepspeed` script: an environment may have the package without the script on PATH
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", free_port(),
            *train_args(tmp_path / "run", synthetic_root, "TRAIN.MAX_STEPS", 1)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                            env={**env(), "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
+                            env=env(nproc=2))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "on 2 process(es) (torchrun" in result.stdout + result.stderr
 

@@ -1,7 +1,9 @@
 """The CPU demo (`make demo`): synthetic videos -> pretrain a tiny VideoMAE -> fine-tune it, and
 train the same classifier from scratch with the same budget -> both top-1 figures, pictures, summary.
 
-    python tools/demo.py [--out demo_runs] [--quick]
+    python tools/demo.py [--out demo_runs] [--quick] [KEY VALUE ...]
+
+KEY VALUE pairs override all three runs' configs (e.g. `TRAIN.BATCH_SIZE 4` on a small machine).
 
 Uses a GPU when there is one. Writes demo_runs/{pretrain,finetune,scratch}/ (checkpoints, model.pt,
 metrics.jsonl, TensorBoard logs, test predictions and confusion matrices), loss_curve.png,
@@ -21,6 +23,7 @@ import torch  # noqa: E402
 
 from videomae.data.synthetic import ensure_demo_dataset  # noqa: E402
 from videomae.engine.config import load_config  # noqa: E402
+from videomae.engine.distributed import use_cuda  # noqa: E402
 from videomae.engine.logs import read_metrics  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +36,7 @@ def run(config: str, out_dir: str, data_dir: str, quick: bool, *extra: str):
     from videomae.engine.trainer import Trainer
 
     overrides = ["OUTPUT_DIR", out_dir, "DATA.ROOT", data_dir, "DATA.LIST_DIR", data_dir, *extra]
-    if torch.cuda.is_available():
+    if use_cuda():
         overrides += ["DEEPSPEED.PRECISION", "bf16"]
     if quick:
         overrides += ["TRAIN.EPOCHS", "1"]
@@ -66,6 +69,7 @@ def main() -> int:
     parser.add_argument("--out", default=os.path.join(ROOT, "demo_runs"))
     parser.add_argument("--data", default=os.path.join(ROOT, "data", "synthetic"))
     parser.add_argument("--quick", action="store_true", help="one epoch, for a smoke test")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE pairs for every run")
     args = parser.parse_args()
 
     print(f"[1/4] synthetic videos -> {args.data}")
@@ -75,16 +79,16 @@ def main() -> int:
 
     print("[2/4] pretraining the tiny VideoMAE (configs/demo/pretrain.yaml)")
     cfg, trainer, result, seconds = run("configs/demo/pretrain.yaml", os.path.join(args.out, "pretrain"),
-                                        args.data, args.quick)
+                                        args.data, args.quick, *args.overrides)
     run_dir = cfg.OUTPUT_DIR
     rows = read_metrics(os.path.join(run_dir, "metrics.jsonl"), "train")
 
     print("[3/4] fine-tuning it, and the same classifier from scratch with the same budget")
     pretrained_weights = os.path.join(run_dir, "model.pt")
     _, _, finetuned, ft_seconds = run("configs/demo/finetune.yaml", os.path.join(args.out, "finetune"), args.data,
-                                      args.quick, "MODEL.PRETRAINED", pretrained_weights)
+                                      args.quick, *args.overrides, "MODEL.PRETRAINED", pretrained_weights)
     _, _, scratch, sc_seconds = run("configs/demo/finetune.yaml", os.path.join(args.out, "scratch"), args.data,
-                                    args.quick, "MODEL.PRETRAINED", "")
+                                    args.quick, *args.overrides, "MODEL.PRETRAINED", "")
 
     print("[4/4] pictures and summary")
     from videomae.engine.plots import plot_loss_curve

@@ -40,6 +40,7 @@ def main(argv=None) -> int:
     from videomae.engine.config import checkpoint_config
     from videomae.engine.data import build_dataset, build_eval_loader
     from videomae.engine.distributed import init_distributed
+    from videomae.engine.host import to_numpy
     from videomae.engine.tasks import normalize_on_device
 
     cfg = checkpoint_config(args.checkpoint, args.config, [*args.overrides, "DATA.TEST_LIST", args.list,
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     counts = np.zeros(len(dataset.records))
     with torch.no_grad():
         for batch in tqdm(loader, desc="features", unit="batch"):
-            feats = model.forward_features(normalize_on_device(batch["video"], device)).float().cpu().numpy()
+            feats = to_numpy(model.forward_features(normalize_on_device(batch["video"], device)))
             for index, feat in zip(batch["index"].tolist(), feats):
                 sums[index] += feat
                 counts[index] += 1

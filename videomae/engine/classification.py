@@ -95,7 +95,12 @@ class ClassificationTask:
 
     def after_step(self, trainer) -> None:
         if self.ema is not None:
-            self.ema.update(trainer.engine.module, step=trainer.step)
+            module = trainer.engine.module
+            # the copy was made before the engine moved the model: follow it to its device once
+            device = next(module.parameters()).device
+            if next(self.ema.module.parameters()).device != device:
+                self.ema.to(device)
+            self.ema.update(module, step=trainer.step)
 
     # -- evaluation -----------------------------------------------------------------------------
     def _predict(self, trainer, split: str):

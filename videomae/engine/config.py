@@ -102,7 +102,8 @@ C.DEEPSPEED.OFFLOAD_OPTIMIZER = False
 
 C.LOG = CfgNode()
 C.LOG.TENSORBOARD = True
-C.LOG.PROGRESS = True
+C.LOG.PROGRESS = True                # a tqdm bar on a terminal; plain lines in a log file or pipe
+C.LOG.PROGRESS_SECONDS = 30.0        # seconds between progress lines when not on a terminal
 
 _CHOICES = {
     "TASK": ("pretrain", "finetune", "linprobe"),

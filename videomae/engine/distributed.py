@@ -94,10 +94,24 @@ def setup_env(info: DistInfo) -> None:
                       MASTER_ADDR=info.master_addr, MASTER_PORT=str(info.master_port))
 
 
+def use_cuda() -> bool:
+    """GPUs when there are any, unless `VIDEOMAE_DEVICE=cpu` says otherwise (e.g. more ranks on one
+    machine than it has GPUs: NCCL refuses two ranks on one GPU, gloo on CPU does not)."""
+    wanted = os.environ.get("VIDEOMAE_DEVICE", "auto").lower()
+    if wanted not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"VIDEOMAE_DEVICE={wanted!r}: use auto, cpu or cuda")
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("VIDEOMAE_DEVICE=cuda but torch sees no GPU")
+    return wanted != "cpu" and torch.cuda.is_available()
+
+
 def device_for(info: DistInfo) -> torch.device:
-    if torch.cuda.is_available():
-        torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
-        return torch.device("cuda", torch.cuda.current_device())
+    if use_cuda():
+        if info.local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"local rank {info.local_rank} has no GPU of its own ({torch.cuda.device_count()} "
+                               "visible): start at most one process per GPU, or set VIDEOMAE_DEVICE=cpu")
+        torch.cuda.set_device(info.local_rank)
+        return torch.device("cuda", info.local_rank)
     return torch.device("cpu")
 
 
@@ -107,14 +121,10 @@ _CURRENT: tuple[DistInfo, torch.device] | None = None
 def init_distributed(timeout_minutes: int = 30) -> tuple[DistInfo, torch.device]:
     """Detect, export env, pick the device, and start the process group (nccl on GPU, gloo on CPU)."""
     import datetime
-    import logging
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say it, instead of DeepSpeed warning about it
-    import deepspeed
-    from deepspeed.utils import logger as ds_logger
+    from .quiet import import_deepspeed, quiet_stdout
 
-    ds_logger.setLevel(logging.WARNING)
+    deepspeed = import_deepspeed()
     global _CURRENT
     if torch.distributed.is_initialized() and _CURRENT is not None:
         return _CURRENT  # another run in the same process (the demo): the same world
@@ -123,8 +133,9 @@ def init_distributed(timeout_minutes: int = 30) -> tuple[DistInfo, torch.device]
     device = device_for(info)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
-                                   timeout=datetime.timedelta(minutes=timeout_minutes))
+        with quiet_stdout():  # "... shm_comm_op built successfully"
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                       timeout=datetime.timedelta(minutes=timeout_minutes))
         atexit.register(shutdown_distributed)
     _CURRENT = (info, device)
     return _CURRENT

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .data import build_eval_loader
+from .host import to_numpy
 from .tasks import normalize_on_device
 
 
@@ -23,7 +24,7 @@ def predict_views(model_fn, loader, device) -> list[tuple]:
     rows = []
     for batch in loader:
         logits = model_fn(normalize_on_device(batch["video"], device)).float()
-        probs = torch.softmax(logits, dim=-1).cpu().numpy()
+        probs = to_numpy(torch.softmax(logits, dim=-1))
         clips = batch.get("clip_index", torch.zeros_like(batch["index"]))
         crops = batch.get("crop_index", torch.zeros_like(batch["index"]))
         for i in range(len(probs)):

@@ -10,7 +10,7 @@ import time
 class RunLogger:
     def __init__(self, out_dir: str, enabled: bool, tensorboard: bool = True, progress: bool = True):
         self.enabled, self.show_progress = enabled, progress and enabled
-        self._jsonl = self._tb = self._bar = None
+        self._jsonl = self._tb = self._bar = self._lines = None
         if not enabled:
             return
         os.makedirs(out_dir, exist_ok=True)
@@ -31,17 +31,22 @@ class RunLogger:
                 if isinstance(value, (int, float)) and key not in ("epoch",):
                     self._tb.add_scalar(f"{kind}/{key}", value, step)
 
-    def progress(self, total: int, initial: int, desc: str):
+    def progress(self, total: int, initial: int, desc: str, seconds: float = 30.0, run_total: int | None = None,
+                 run_done: int = 0):
+        """A progress display for one epoch: a tqdm bar on a terminal; in a log file or a pipe (SLURM
+        `.out`, `| tee`) one plain line every `seconds`, never a carriage return."""
         if not self.show_progress:
             return None
-        from tqdm import tqdm
-
-        interactive = sys.stderr.isatty()
-        # batch logs get a line every 30 s instead of a carriage-return storm
-        self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, unit="step",
-                         mininterval=0.5 if interactive else 30.0, file=sys.stderr)
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, unit="step",
+                             mininterval=0.5, file=sys.stderr)
+        elif self._lines is None:
+            self._bar = self._lines = ProgressLines(desc, total, initial, seconds, run_total or total, run_done)
+        else:  # one display for the whole run: an epoch boundary prints nothing of its own
+            self._bar = self._lines
+            self._lines.desc, self._lines.total, self._lines.n = desc, total, initial
         return self._bar
-
     def info(self, message: str) -> None:
         if self.enabled:
             if self._bar is not None:
@@ -52,10 +57,62 @@ class RunLogger:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+        if self._lines is not None:
+            self._lines.finish()
+            self._lines = None
         if self._jsonl is not None:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+class ProgressLines:
+    """The progress of a run as plain lines, for streams nobody watches redraw: at most one line every
+    `seconds` (and one when the epoch ends), with the step, the fields the loop hands over, and the
+    time left for the whole run at the pace measured since this display started."""
+
+    def __init__(self, desc: str, total: int, initial: int, seconds: float, run_total: int, run_done: int,
+                 stream=None):
+        self.desc, self.total, self.n, self.seconds = desc, total, initial, seconds
+        self.run_total, self.run_done, self.stream = run_total, run_done, stream or sys.stderr
+        self.start = self.last = time.monotonic()
+        self.steps_since_start, self.fields, self.printed_at = 0, {}, initial
+
+    def set_postfix(self, refresh: bool = False, **fields) -> None:
+        self.fields = fields
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.run_done += n
+        self.steps_since_start += n
+        now = time.monotonic()
+        if now - self.last >= self.seconds:
+            self.last = now
+            self._print(now)
+
+    def _print(self, now: float) -> None:
+        per_step = (now - self.start) / max(self.steps_since_start, 1)
+        eta = format_seconds(per_step * max(self.run_total - self.run_done, 0))
+        fields = " | ".join(f"{k} {v}" for k, v in self.fields.items())
+        self.stream.write(f"{self.desc} step {self.n}/{self.total} (run {self.run_done}/{self.run_total})"
+                          f"{' | ' + fields if fields else ''} | ETA {eta}\n")
+        self.stream.flush()
+        self.printed_at = self.n
+
+    def write(self, message: str) -> None:
+        print(message, flush=True)  # as tqdm.write does: messages on stdout, progress on stderr
+
+    def close(self) -> None:
+        pass  # an epoch ends silently; the run's last line comes from finish()
+
+    def finish(self) -> None:
+        if self.printed_at != self.n:
+            self._print(time.monotonic())
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def read_metrics(path: str, kind: str | None = None) -> list[dict]:

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import torch
 
+from .host import to_numpy
 from .logs import read_metrics
 
 
@@ -35,9 +36,9 @@ def plot_loss_curve(metrics_file: str, out_png: str, title: str = "pretraining l
 
 def _to_image(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) in any range -> uint8 (H, W, C), scaled per image."""
-    x = x.float()
+    x = to_numpy(x.permute(1, 2, 0))
     x = (x - x.min()) / (x.max() - x.min() + 1e-8)
-    return (x.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    return (x * 255).astype(np.uint8)
 
 
 @torch.no_grad()
@@ -62,7 +63,7 @@ def plot_reconstruction(model, video: torch.Tensor, masks: dict, out_png: str, f
         return unpatchify(tokens[None].float(), grid, t, p)[0]
 
     def pixels_of(x):
-        return (x.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        return to_numpy((x.clamp(0, 1) * 255).byte().permute(1, 2, 0))
 
     rows, losses = [("input", lambda i: pixels_of(pixels[:, i]))], {}
     for name, mask in masks.items():

@@ -53,7 +53,9 @@ class Trainer:
     def __init__(self, cfg, task):
         self.cfg, self.task = cfg, task
         self.info, self.device = init_distributed()  # first: it tells DeepSpeed which accelerator
-        import deepspeed
+        from .quiet import import_deepspeed
+
+        deepspeed = import_deepspeed()
 
         self.out_dir = cfg.OUTPUT_DIR
         self.ckpt_dir = os.path.join(self.out_dir, "checkpoints")
@@ -192,8 +194,8 @@ class Trainer:
         """Run until the epoch ends or MAX_STEPS; returns "epoch" or "preempted"."""
         self.sampler.set_epoch(self.epoch, self.step_in_epoch)
         self.train_set.set_epoch(self.epoch)
-        bar = self.log.progress(self.steps_per_epoch, self.step_in_epoch,
-                                f"epoch {self.epoch + 1}/{self.cfg.TRAIN.EPOCHS}")
+        bar = self.log.progress(self.steps_per_epoch, self.step_in_epoch, f"epoch {self.epoch + 1}/{self.cfg.TRAIN.EPOCHS}",
+                                seconds=self.cfg.LOG.PROGRESS_SECONDS, run_total=self.total_steps, run_done=self.step)
         try:
             return self._run_steps(bar)
         finally:
@@ -235,10 +237,10 @@ class Trainer:
                 self.task.after_step(self)
             losses = []
             speed = clips_seen * info.world_size / max(data_time + compute_time, 1e-9)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{speed:.1f}",
+            if bar is not None:  # the fields first: update() is what may draw the line
+                bar.set_postfix(refresh=False, loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{speed:.1f}",
                                 data=f"{data_time / max(data_time + compute_time, 1e-9):.0%}")
+                bar.update(1)
             if self.step % cfg.TRAIN.LOG_PERIOD == 0 or self.step == 1:
                 self.log.record("train", self.step, epoch=self.epoch + 1, loss=step_loss, lr=lr,
                                 clips_per_s=speed, data_time=data_time, step_time=compute_time)
