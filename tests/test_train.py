@@ -45,7 +45,7 @@ def test_run_outputs(tmp_path, synthetic_root):
     assert "MODEL:" in (out / "config.yaml").read_text()
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["step"] for r in rows if r["type"] == "train"] == [1, 2]
-    assert all({"loss", "lr", "clips_per_s", "data_time", "step_time"} <= set(r) for r in rows if r["type"] == "train")
+    assert all({"loss", "lr", "clips_per_s", "data_wait", "tflops_per_device"} <= set(r) for r in rows if r["type"] == "train")
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     marker = (out / "checkpoints" / "LATEST").read_text()
     assert marker == "step_00000002" and (out / "checkpoints" / marker / "COMPLETE").exists()

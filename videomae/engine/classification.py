@@ -81,6 +81,10 @@ class ClassificationTask:
             self.ema = ModelEmaV3(model, decay=self.cfg.TRAIN.EMA)
         return model
 
+    def flop_inputs(self, model, device) -> tuple[tuple, dict]:
+        m = self.cfg.MODEL
+        return (torch.zeros(1, 3, m.NUM_FRAMES, m.IMG_SIZE, m.IMG_SIZE, device=device),), {}
+
     def param_groups(self, model):
         return param_groups(model, self.cfg.TRAIN.WEIGHT_DECAY, layer_decay=self.cfg.TRAIN.LAYER_DECAY,
                             num_layers=len(model.blocks))
@@ -109,8 +113,9 @@ class ClassificationTask:
         dataset, engine = self._datasets[split], trainer.engine
         was_training = engine.module.training
         engine.eval()
-        probs = predict_dataset(engine, self.cfg, dataset, trainer.info.world_size, trainer.info.rank,
-                                trainer.device)
+        with trainer.autocast:
+            probs = predict_dataset(engine, self.cfg, dataset, trainer.info.world_size, trainer.info.rank,
+                                    trainer.device)
         if was_training:
             engine.train()
         return dataset, probs

@@ -81,6 +81,8 @@ C.TRAIN.WARMUP_LR = 0.0
 C.TRAIN.WEIGHT_DECAY = 0.05
 C.TRAIN.BETAS = (0.9, 0.95)
 C.TRAIN.EPS = 1e-8
+C.TRAIN.OPTIMIZER = "adamw"          # adamw (fused where the device has it, else foreach) | adamw_foreach |
+                                     # adamw_loop
 C.TRAIN.CLIP_GRAD = 0.0              # 0 = off
 C.TRAIN.LAYER_DECAY = 1.0            # fine-tuning: 0.75
 C.TRAIN.LABEL_SMOOTHING = 0.1
@@ -97,13 +99,14 @@ C.TRAIN.AUTO_RESUME = True
 
 C.DEEPSPEED = CfgNode()
 C.DEEPSPEED.ZERO_STAGE = 1
-C.DEEPSPEED.PRECISION = "bf16"       # fp32 | bf16 | fp16 (fp32 forced on CPU)
+C.DEEPSPEED.PRECISION = "bf16"       # fp32 | bf16 (autocast over fp32 weights) | fp16 (GPU, loss scaling)
 C.DEEPSPEED.OFFLOAD_OPTIMIZER = False
 
 C.LOG = CfgNode()
 C.LOG.TENSORBOARD = True
 C.LOG.PROGRESS = True                # a tqdm bar on a terminal; plain lines in a log file or pipe
 C.LOG.PROGRESS_SECONDS = 30.0        # seconds between progress lines when not on a terminal
+C.LOG.PEAK_TFLOPS = 0.0              # the device's dense peak for MFU; 0 = from the table of known GPUs
 
 _CHOICES = {
     "TASK": ("pretrain", "finetune", "linprobe"),
@@ -114,6 +117,7 @@ _CHOICES = {
     "DATA.BACKEND": ("decord", "pyav"),
     "DEEPSPEED.ZERO_STAGE": (0, 1, 2, 3),
     "DEEPSPEED.PRECISION": ("fp32", "bf16", "fp16"),
+    "TRAIN.OPTIMIZER": ("adamw", "adamw_foreach", "adamw_loop"),
 }
 
 

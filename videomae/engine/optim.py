@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 # never decayed: biases and norm weights (1-D), position tables and learned tokens
@@ -53,3 +54,30 @@ def cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, mi
 def set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+OPTIMIZERS = ("adamw", "adamw_foreach", "adamw_loop")
+
+
+def build_optimizer(name: str, groups: list[dict], lr: float, betas, eps: float, device) -> torch.optim.Optimizer:
+    """AdamW over the parameter groups. `adamw` is torch's fused kernel where the device has one
+    (CUDA; CPU from torch 2.4): one launch for all parameters, and it skips a step on the device
+    when told the loss was not finite. `adamw_foreach` batches by tensor lists; `adamw_loop` is
+    the per-parameter reference."""
+    kwargs = dict(lr=lr, betas=tuple(betas), eps=eps)
+    if name == "adamw" and _fused_supported(device):
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    if name in ("adamw", "adamw_foreach"):
+        return torch.optim.AdamW(groups, foreach=True, **kwargs)
+    if name == "adamw_loop":
+        return torch.optim.AdamW(groups, foreach=False, **kwargs)
+    raise ValueError(f"TRAIN.OPTIMIZER {name!r} is not one of {OPTIMIZERS}")
+
+
+def _fused_supported(device) -> bool:
+    try:
+        probe = torch.zeros(1, device=device, requires_grad=True)
+        torch.optim.AdamW([probe], fused=True)
+        return True
+    except (RuntimeError, ValueError):
+        return False

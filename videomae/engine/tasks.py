@@ -3,6 +3,7 @@ batch into a loss, and (for classification) evaluates. Pretraining lives here; f
 linear probing plug in the same way."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -24,11 +25,18 @@ class StepContext:
     seed: int
 
 
+@functools.lru_cache(maxsize=None)
+def _normalization(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std on the device, made once: no host-to-device copy per step."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, -1, 1, 1, 1)
+    return mean, std
+
+
 def normalize_on_device(video: torch.Tensor, device) -> torch.Tensor:
     """uint8 (B, C, T, H, W) from the loader -> float32 ImageNet-normalized, on the device."""
     video = video.to(device, non_blocking=True).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, -1, 1, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, -1, 1, 1, 1)
+    mean, std = _normalization(torch.device(device))
     return video.sub_(mean).div_(std)
 
 
@@ -80,6 +88,16 @@ class PretrainTask:
 
     def param_groups(self, model):
         return param_groups(model, self.cfg.TRAIN.WEIGHT_DECAY)
+
+    def flop_inputs(self, model, device) -> tuple[tuple, dict]:
+        """One clip and its mask at the run's ratios, for counting the model's FLOPs."""
+        m = self.cfg.MODEL
+        video = torch.zeros(1, 3, m.NUM_FRAMES, m.IMG_SIZE, m.IMG_SIZE, device=device)
+        generator = torch.Generator(device=device).manual_seed(0)
+        mask = self.mask(1, model.grid_size, device=device, generator=generator)
+        decoder_mask = self.decoder_mask(1, model.grid_size, device=device, generator=generator) \
+            if self.decoder_mask is not None else None
+        return (video, mask), {"decoder_mask": decoder_mask}
 
     def masks(self, model, clips_per_micro: int, ctx: StepContext, device):
         """Masks for this micro-batch, cut from the masks of the whole global batch: one generator

@@ -14,13 +14,21 @@ from .config import ConfigError, save_config
 from .data import build_dataset, build_train_loader
 from .distributed import barrier, init_distributed
 from .logs import RunLogger
-from .optim import cosine_lr, set_lr
+from .flops import peak_flops, train_flops_per_clip
+from .optim import build_optimizer, cosine_lr, set_lr
 from .preemption import Preemption, requeue_slurm_job
+from .step_stats import PreemptionVote, StepStats, innermost_optimizer, skips_on_device
 from .tasks import StepContext
 
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+# dynamic loss scaling for fp16: start at 2^16, halve on an overflow (the step is skipped), double
+# after 1000 clean steps; DeepSpeed's defaults, written out because the test checks them
+FP16_LOSS_SCALE = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000, "hysteresis": 2,
+                   "min_loss_scale": 1}
 
 
 def seed_everything(seed: int) -> None:
@@ -30,6 +38,9 @@ def seed_everything(seed: int) -> None:
 
 
 def deepspeed_config(cfg, clips_per_micro: int, device) -> dict:
+    """bf16 is autocast over fp32 weights, as in plain PyTorch AMP, so DeepSpeed runs in fp32:
+    no bf16 weight copies, no loss scaling and no per-parameter overflow checks, and checkpoints
+    hold fp32 weights. fp16 keeps DeepSpeed's dynamic loss scaling (GPU only)."""
     precision = cfg.DEEPSPEED.PRECISION
     if device.type == "cpu" and precision == "fp16":
         raise ConfigError("DEEPSPEED.PRECISION fp16 needs a GPU; use fp32 or bf16 on CPU")
@@ -41,8 +52,7 @@ def deepspeed_config(cfg, clips_per_micro: int, device) -> dict:
         "gradient_accumulation_steps": cfg.TRAIN.ACCUM_STEPS,
         "gradient_clipping": cfg.TRAIN.CLIP_GRAD,
         "zero_optimization": zero,
-        "bf16": {"enabled": precision == "bf16"},
-        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "fp16": {"enabled": precision == "fp16", **FP16_LOSS_SCALE},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,
@@ -81,7 +91,8 @@ class Trainer:
         scale = self.total_clips / 256  # linear lr scaling rule of the published recipes
         self.base_lr, self.min_lr, self.warmup_lr = (cfg.TRAIN.BASE_LR * scale, cfg.TRAIN.MIN_LR * scale,
                                                      cfg.TRAIN.WARMUP_LR * scale)
-        optimizer = torch.optim.AdamW(groups, lr=self.base_lr, betas=tuple(cfg.TRAIN.BETAS), eps=cfg.TRAIN.EPS)
+        optimizer = build_optimizer(cfg.TRAIN.OPTIMIZER, groups, self.base_lr, cfg.TRAIN.BETAS, cfg.TRAIN.EPS,
+                                    self.device)
         ds_config = deepspeed_config(cfg, clips_per_micro, self.device)
         self.resume_tag = self._prepare_resume(ds_config)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
@@ -93,6 +104,14 @@ class Trainer:
         self.total_steps = self._total_steps()
         self.warmup_steps = cfg.TRAIN.WARMUP_EPOCHS * self.steps_per_epoch
         self.preemption = Preemption()
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                       enabled=cfg.DEEPSPEED.PRECISION == "bf16")
+        self.stats = StepStats(self.device, self.info.world_size)
+        self.preempt_vote = PreemptionVote(self.info.world_size)
+        self.fused_skip = skips_on_device(innermost_optimizer(self.engine.optimizer))
+        self.flops_per_clip = train_flops_per_clip(self.engine.module, *task.flop_inputs(self.engine.module,
+                                                                                          self.device))
+        self.peak_flops = peak_flops(self.device, cfg.DEEPSPEED.PRECISION, cfg.LOG.PEAK_TFLOPS)
         self.step = 0           # optimizer steps done
         self.epoch = 0
         self.step_in_epoch = 0
@@ -111,6 +130,8 @@ class Trainer:
                 UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
 
     def save_checkpoint(self) -> str:
+        if self.stats.pending_non_finite():  # a skipped step since the last log: stop, write nothing
+            self._raise_non_finite(self.step)
         path = ckpt.save(self.engine, self.ckpt_dir, self.step, self.client_state(), self.info.is_main,
                          keep=self.cfg.TRAIN.KEEP_CHECKPOINTS, world_size=self.info.world_size)
         self.log.info(f"checkpoint: {path}")
@@ -179,6 +200,7 @@ class Trainer:
                 metrics = self.task.evaluate(self, "val")
                 self.log.record("val", self.step, epoch=self.epoch, **metrics)
                 self.log.info(f"epoch {self.epoch} val: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        self.preempt_vote.close()
         if status == "preempted":
             return {"status": status, "step": self.step}
         if ckpt.latest_tag(self.ckpt_dir) != ckpt.tag_for(self.step):
@@ -203,47 +225,35 @@ class Trainer:
                 bar.close()
 
     def _run_steps(self, bar) -> str:
+        """The hot path: no host read of device values except on log steps (and for optimizers
+        that cannot skip a step on the device, see `_guard_update`)."""
         cfg, info, accum = self.cfg, self.info, self.cfg.TRAIN.ACCUM_STEPS
-        losses, micro, clips_seen = [], 0, 0
-        data_time = compute_time = 0.0
+        micro, epoch_clips, epoch_data_time = 0, 0, 0.0
+        period = {"clips": 0, "data": 0.0, "start": time.perf_counter()}
         t_last = time.perf_counter()
         self.engine.train()
         for batch in self.loader:
             t_data = time.perf_counter()
-            data_time += t_data - t_last
-            lr = cosine_lr(self.step, max(self.total_steps, 1), self.warmup_steps, self.base_lr, self.min_lr,
-                           self.warmup_lr)
-            set_lr(self.engine.optimizer, lr)
-            # the same randomness (drop path, dropout) for a step whatever the world size
-            seed = cfg.SEED * 7919 + self.step * 131 + micro * 17 + info.rank
-            torch.manual_seed(seed)
-            np.random.seed(seed % 2**32)  # timm's mixup draws from NumPy
-            ctx = StepContext(self.step, micro, info.rank, info.world_size, accum, cfg.SEED)
-            loss, _ = self.task.train_step(self.engine, batch, ctx)
-            self.engine.backward(loss)
-            self.engine.step()
-            losses.append(loss.detach().float())
-            clips_seen += batch["video"].shape[0]
+            period["data"] += t_data - t_last
+            epoch_data_time += t_data - t_last
+            lr = self.micro_step(batch, micro)
+            clips = batch["video"].shape[0]
+            period["clips"] += clips
+            epoch_clips += clips
             micro += 1
             t_last = time.perf_counter()
-            compute_time += t_last - t_data
             if micro < accum:
                 continue
             micro = 0
-            self.step += 1
-            self.step_in_epoch += 1
-            step_loss, preempt = self._reduce_step(torch.stack(losses).mean())
-            if hasattr(self.task, "after_step"):
-                self.task.after_step(self)
-            losses = []
-            speed = clips_seen * info.world_size / max(data_time + compute_time, 1e-9)
-            if bar is not None:  # the fields first: update() is what may draw the line
-                bar.set_postfix(refresh=False, loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{speed:.1f}",
-                                data=f"{data_time / max(data_time + compute_time, 1e-9):.0%}")
+            preempt = self.end_step()
+            if self.step % cfg.TRAIN.LOG_PERIOD == 0 or self.step == 1 or self.step >= self.total_steps:
+                fields = self._log_step(lr, period)
+                if bar is not None:
+                    bar.set_postfix(refresh=False, **fields)
+                period = {"clips": 0, "data": 0.0, "start": time.perf_counter()}
+                t_last = period["start"]  # the log step's host read is not data wait
+            if bar is not None:
                 bar.update(1)
-            if self.step % cfg.TRAIN.LOG_PERIOD == 0 or self.step == 1:
-                self.log.record("train", self.step, epoch=self.epoch + 1, loss=step_loss, lr=lr,
-                                clips_per_s=speed, data_time=data_time, step_time=compute_time)
             if preempt:
                 self.on_preemption()
                 return "preempted"
@@ -251,24 +261,74 @@ class Trainer:
                 self.save_checkpoint()
             if self.step >= self.total_steps:
                 break
-        self.log.record("epoch", self.step, epoch=self.epoch + 1, clips=clips_seen * info.world_size,
-                        data_time=data_time, step_time=compute_time)
+        self.log.record("epoch", self.step, epoch=self.epoch + 1, clips=epoch_clips * info.world_size,
+                        data_time=epoch_data_time)
         return "epoch"
 
-    def _reduce_step(self, local_loss: torch.Tensor) -> tuple[float, bool]:
-        """One collective per step: mean loss, any rank non-finite, any rank signalled."""
-        finite = bool(torch.isfinite(local_loss))
-        values = torch.tensor([float(local_loss) if finite else 0.0, 0.0 if finite else 1.0,
-                               1.0 if self.preemption.requested else 0.0], dtype=torch.float64,
-                              device=self.device)
-        if torch.distributed.get_world_size() > 1:
-            torch.distributed.all_reduce(values)
-        if values[1] > 0:
-            last = ckpt.latest_tag(self.ckpt_dir)
-            raise NonFiniteLoss(f"loss is not finite at step {self.step} (epoch {self.epoch + 1}); last good "
-                                "checkpoint: " + (os.path.join(self.ckpt_dir, last) if last else "none yet") +
-                                ". Lower TRAIN.BASE_LR, set TRAIN.CLIP_GRAD, or use bf16 instead of fp16.")
-        return float(values[0]) / self.info.world_size, bool(values[2] > 0)
+    def micro_step(self, batch: dict, micro: int) -> float:
+        """Forward, backward and (on the last micro-step) the update; returns the lr it used."""
+        cfg, info, accum = self.cfg, self.info, self.cfg.TRAIN.ACCUM_STEPS
+        lr = cosine_lr(self.step, max(self.total_steps, 1), self.warmup_steps, self.base_lr, self.min_lr,
+                       self.warmup_lr)
+        set_lr(self.engine.optimizer, lr)
+        # the same randomness (drop path, dropout) for a step whatever the world size
+        seed = cfg.SEED * 7919 + self.step * 131 + micro * 17 + info.rank
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)  # timm's mixup draws from NumPy
+        ctx = StepContext(self.step, micro, info.rank, info.world_size, accum, cfg.SEED)
+        with self.autocast:
+            loss, _ = self.task.train_step(self.engine, batch, ctx)
+        self.stats.add(loss)
+        if micro + 1 == accum:
+            self._guard_update()
+        self.engine.backward(loss)
+        self.engine.step()
+        return lr
+
+    def end_step(self) -> bool:
+        """After an optimizer step; returns whether the ranks agreed to stop for a preemption."""
+        self.stats.step_done()
+        self.step += 1
+        self.step_in_epoch += 1
+        preempt = self.preempt_vote(self.preemption.requested)
+        if hasattr(self.task, "after_step"):
+            self.task.after_step(self)
+        return preempt
+
+    def _guard_update(self) -> None:
+        """Keep a non-finite loss from reaching the weights. A fused optimizer skips the step on the
+        device; any other is checked on the host here, before the update (one read per step)."""
+        if self.fused_skip:
+            self.stats.guard(self.engine.optimizer)
+        elif self.info.world_size > 1 or bool(self.stats.found_inf):
+            self.stats.guard(self.engine.optimizer)   # agree across ranks first
+            if bool(self.stats.found_inf):
+                self._raise_non_finite(self.step + 1)
+
+    def _raise_non_finite(self, step: int):
+        last = ckpt.latest_tag(self.ckpt_dir)
+        raise NonFiniteLoss(f"loss is not finite at step {step} (epoch {self.epoch + 1}); the update was skipped, "
+                            "last good checkpoint: " + (os.path.join(self.ckpt_dir, last) if last else "none yet") +
+                            ". Lower TRAIN.BASE_LR, set TRAIN.CLIP_GRAD, or use bf16 instead of fp16.")
+
+    def _log_step(self, lr: float, period: dict) -> dict:
+        """The one host read of the period: mean loss over ranks, non-finite count, throughput, MFU."""
+        stats = self.stats.read()
+        if stats["non_finite"]:
+            self._raise_non_finite(self.step)
+        elapsed = max(time.perf_counter() - period["start"], 1e-9)
+        per_device = period["clips"] / elapsed
+        values = {"loss": stats["loss"], "lr": lr, "clips_per_s": per_device * self.info.world_size,
+                  "clips_per_s_per_device": per_device, "data_wait": period["data"] / elapsed,
+                  "tflops_per_device": per_device * self.flops_per_clip / 1e12}
+        if self.peak_flops:
+            values["mfu"] = per_device * self.flops_per_clip / self.peak_flops
+        self.log.record("train", self.step, epoch=self.epoch + 1, **values)
+        fields = {"loss": f"{stats['loss']:.4f}", "lr": f"{lr:.2e}", "clips_s": f"{values['clips_per_s']:.1f}",
+                  "data": f"{values['data_wait']:.0%}"}
+        if "mfu" in values:
+            fields["mfu"] = f"{values['mfu']:.1%}"
+        return fields
 
     def on_preemption(self) -> None:
         self.log.info(f"{self.preemption.signal_name or 'signal'} received: checkpointing at step {self.step}")
