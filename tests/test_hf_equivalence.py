@@ -9,7 +9,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from videomae.convert import from_hf_state_dict, hf_config_kwargs, load_checkpoint, to_hf_state_dict  # noqa: E402
-from videomae.convert.hf import check_hf_keys, export_hf, hf_model_keys  # noqa: E402
+from videomae.convert.hf import attention_layout, check_hf_keys, export_hf, hf_model_keys  # noqa: E402
 from videomae.masking import build_masking  # noqa: E402
 from videomae.models import build_classifier, build_pretrain_model  # noqa: E402
 
@@ -119,7 +119,8 @@ def test_export_refuses_keys_the_installed_class_does_not_have():
     ours = ours_model("classifier")
     config = transformers.VideoMAEConfig(**hf_config_kwargs(ours))
     expected = hf_model_keys(config, "classifier")
-    state = to_hf_state_dict(ours.state_dict(), "classifier")
+    state = to_hf_state_dict(ours.state_dict(), "classifier", **attention_layout(expected))
+    check_hf_keys(state, expected)  # the installed layout passes
     state["videomae.encoder.layer.0.attention.attention.extra"] = torch.zeros(1)
     state.pop("classifier.weight")
     with pytest.raises(ValueError, match=rf"transformers {transformers.__version__}.*missing \['classifier.weight'\]"
