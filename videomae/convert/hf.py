@@ -174,10 +174,10 @@ def apply_hf_layer_norm_eps(model, hf_config: dict) -> list:
     if not hf_config or hf_config.get("model_type", "videomae") != "videomae":
         return []
     eps = float(hf_config.get("layer_norm_eps", HF_LAYER_NORM_EPS_DEFAULT))
-    changed = {m.eps for m in _eps_governed_norms(model).values() if m.eps != eps}
+    norms = _eps_governed_norms(model)
+    changed = {m.eps for m in norms.values() if m.eps != eps}
     if not changed:
         return []
-    norms = _eps_governed_norms(model)
     for module in norms.values():
         module.eps = eps
     before = ", ".join(f"{e:g}" for e in sorted(changed))
