@@ -28,6 +28,6 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest>=7", "transformers>=4.40", "scikit-video"],
+        "dev": ["pytest>=7", "transformers>=4.23.1", "scikit-video"],
     },
 )

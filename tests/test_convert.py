@@ -200,7 +200,9 @@ def test_export_to_hf_folder_and_back(tmp_path):
     ours = build_classifier("tiny", num_classes=5, init_scale=1.0, **CFG).eval()
     ours.load_state_dict(randomize(ours.state_dict(), seed=7))
     folder = export_hf(ours, tmp_path / "hf_cls")
-    hf = match_eps(transformers.VideoMAEForVideoClassification.from_pretrained(folder)).eval()
+    hf, info = transformers.VideoMAEForVideoClassification.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info.get("mismatched_keys"), info
+    hf = match_eps(hf).eval()
     with torch.no_grad():
         torch.testing.assert_close(hf(VIDEO.transpose(1, 2)).logits, ours(VIDEO), rtol=0, atol=1e-5)
     back = build_classifier("tiny", num_classes=5, **CFG).eval()
@@ -220,7 +222,7 @@ def test_hf_pretraining_folder_into_ours(tmp_path):
     hf.save_pretrained(tmp_path / "hf_pre")
     hf = match_eps(transformers.VideoMAEForPreTraining.from_pretrained(tmp_path / "hf_pre")).eval()
     report = load_checkpoint(ours, tmp_path / "hf_pre")
-    assert report.fmt == "hf" and not report.new
+    assert report.fmt == "hf" and not report.new and not report.adapted  # the config's eps is ours
     from videomae.masking import build_masking
     mask = build_masking("tube", 0.75)(2, ours.grid_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..models.classifier import VideoClassifier
 from ..models.pos_embed import SeparablePosEmbed, resize_separable
 from .formats import CheckpointError, canonical_state, read_state_dict
+from .hf import apply_hf_layer_norm_eps
 
 PRETRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token", "decoder_")
 
@@ -68,10 +69,10 @@ def _inflate_patch_embed(weight: torch.Tensor, tubelet: int) -> torch.Tensor:
 def load_checkpoint(model, source, require_classifier: bool = False) -> LoadReport:
     """Load `source` (a path, or a state dict) into `model` (PretrainVideoMAE or VideoClassifier)."""
     if isinstance(source, (str, os.PathLike)):
-        raw, _ = read_state_dict(source)
+        raw, meta = read_state_dict(source)
         name = os.fspath(source)
     else:
-        raw, name = source, "state dict"
+        raw, meta, name = source, {}, "state dict"
     state, fmt = canonical_state(raw)
     state = _encoder_view(state, model)
     report = LoadReport(name, fmt)
@@ -143,6 +144,8 @@ def load_checkpoint(model, source, require_classifier: bool = False) -> LoadRepo
         raise CheckpointError(f"{name} does not fit the model: missing {len(structural)} tensors, e.g. "
                               f"{structural[:5]} (another depth, or not a VideoMAE-family checkpoint)")
     model.load_state_dict(merged, strict=False)
+    if fmt == "hf":  # a HF folder's config.json says which LayerNorm eps its weights were trained with
+        report.adapted.extend(apply_hf_layer_norm_eps(model, meta.get("hf_config")))
     report.loaded = sorted(merged)
     report.new = missing
     return report
