@@ -5,7 +5,9 @@
     python tools/extract_features.py --config configs/finetune/k400_vit_b.yaml --checkpoint official.pth ...
 
 Writes `<out>.npy` (videos x dim, float32; views averaged per video) and `<out>.csv` (row -> path,
-label). Works with pretraining or fine-tuned checkpoints: only the encoder is used.
+label), nothing else. Works with pretraining or fine-tuned checkpoints: only the encoder is used.
+Our model.pt files carry their config; it is read as data: its IMPORTS are not imported (name a
+plugin the model needs on the command line: IMPORTS my_plugin.py).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help="default: the config our model.pt carries")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--list", required=True, help="VideoMAE list (<path> <label>)")
-    parser.add_argument("--out", required=True, help="output prefix")
+    parser.add_argument("--out", required=True, help="output prefix: writes <out>.npy and <out>.csv")
     parser.add_argument("--views", choices=["center", "test"], default="center",
                         help="one centre view, or the config's clips x crops (averaged)")
     parser.add_argument("overrides", nargs=argparse.REMAINDER)
