@@ -37,15 +37,19 @@ def main(argv=None) -> int:
     import torch
     from tqdm import tqdm
 
-    from videomae.convert import load_checkpoint
+    from videomae.convert import CheckpointError, load_checkpoint
     from videomae.engine.classification import build_classifier_from_cfg
-    from videomae.engine.config import checkpoint_config
+    from videomae.engine.config import ConfigError, checkpoint_config
     from videomae.engine.data import build_dataset, build_eval_loader
     from videomae.engine.distributed import init_distributed
     from videomae.engine.tasks import normalize_on_device
 
-    cfg = checkpoint_config(args.checkpoint, args.config, [*args.overrides, "DATA.TEST_LIST", args.list,
-                                                           "DATA.VAL_LIST", args.list, "DATA.LIST_DIR", ""])
+    try:
+        cfg = checkpoint_config(args.checkpoint, args.config, [*args.overrides, "DATA.TEST_LIST", args.list,
+                                                               "DATA.VAL_LIST", args.list, "DATA.LIST_DIR", ""])
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
     if cfg.MODEL.NAME.startswith(PRETRAIN_PREFIX):  # a pretraining run's config: the same encoder, as a classifier
         cfg = cfg.clone()
         cfg.defrost()
@@ -54,7 +58,11 @@ def main(argv=None) -> int:
         cfg.freeze()
     info, device = init_distributed()
     model = build_classifier_from_cfg(cfg)
-    print(load_checkpoint(model, args.checkpoint))
+    try:
+        print(load_checkpoint(model, args.checkpoint))
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     model.to(device).eval()
     dataset = build_dataset(cfg, "test" if args.views == "test" else "val")
     loader = build_eval_loader(cfg, dataset, 1, 0)
