@@ -129,7 +129,7 @@ def _consolidate(models: list, optims: list, files: int) -> dict:
     buffer_names = set(first["buffer_names"])
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in first["module"].items() if k in buffer_names}
     if "fp32_flat_groups" in optims[0]:
-        _zero3_frozen(state, models, world)
+        _zero3_frozen(state, models)
         _zero3_trainable(state, first["param_shapes"], [torch.cat(list(o["fp32_flat_groups"]), 0) for o in optims],
                          world)
     elif "single_partition_of_fp32_groups" in optims[0]:
@@ -137,8 +137,8 @@ def _consolidate(models: list, optims: list, files: int) -> dict:
         _zero12_trainable(state, first["param_shapes"], [o["single_partition_of_fp32_groups"] for o in optims],
                           world, optims[0].get("param_alignment_paddings"))
     else:
-        raise ZeroCheckpointError("the optimizer state holds no fp32 master partitions (single_partition_of_fp32_groups "
-                                  "or fp32_flat_groups)")
+        raise ZeroCheckpointError("the optimizer state holds no fp32 master partitions "
+                                  "(single_partition_of_fp32_groups or fp32_flat_groups)")
     for name, partner in dict(first.get("shared_params") or {}).items():
         if partner in state:
             state[name] = state[partner]
@@ -175,7 +175,7 @@ def _zero12_trainable(state: dict, param_shapes: list, partitions: list, world: 
             raise ZeroCheckpointError(f"param group {group}: the shapes use {offset} values of {flat.numel()}")
 
 
-def _zero3_frozen(state: dict, models: list, world: int) -> None:
+def _zero3_frozen(state: dict, models: list) -> None:
     for name, shape in dict(models[0].get("frozen_param_shapes") or {}).items():
         parts = [m["frozen_param_fragments"][name] for m in models]
         state[name] = torch.cat(parts, 0).narrow(0, 0, _numel(shape)).view(shape)
