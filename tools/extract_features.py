@@ -5,7 +5,9 @@
     python tools/extract_features.py --config configs/finetune/k400_vit_b.yaml --checkpoint official.pth ...
 
 Writes `<out>.npy` (videos x dim, float32; views averaged per video) and `<out>.csv` (row -> path,
-label). Works with pretraining or fine-tuned checkpoints: only the encoder is used.
+label), nothing else. Works with pretraining or fine-tuned checkpoints: only the encoder is used.
+Our model.pt files carry their config; it is read as data: its IMPORTS are not imported (name a
+plugin the model needs on the command line: IMPORTS my_plugin.py).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help="default: the config our model.pt carries")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--list", required=True, help="VideoMAE list (<path> <label>)")
-    parser.add_argument("--out", required=True, help="output prefix")
+    parser.add_argument("--out", required=True, help="output prefix: writes <out>.npy and <out>.csv")
     parser.add_argument("--views", choices=["center", "test"], default="center",
                         help="one centre view, or the config's clips x crops (averaged)")
     parser.add_argument("overrides", nargs=argparse.REMAINDER)
@@ -35,16 +37,20 @@ def main(argv=None) -> int:
     import torch
     from tqdm import tqdm
 
-    from videomae.convert import load_checkpoint
+    from videomae.convert import CheckpointError, load_checkpoint
     from videomae.engine.classification import build_classifier_from_cfg
-    from videomae.engine.config import checkpoint_config
+    from videomae.engine.config import ConfigError, checkpoint_config
     from videomae.engine.data import build_dataset, build_eval_loader
     from videomae.engine.distributed import init_distributed
     from videomae.engine.host import to_numpy
     from videomae.engine.tasks import normalize_on_device
 
-    cfg = checkpoint_config(args.checkpoint, args.config, [*args.overrides, "DATA.TEST_LIST", args.list,
-                                                           "DATA.VAL_LIST", args.list, "DATA.LIST_DIR", ""])
+    try:
+        cfg = checkpoint_config(args.checkpoint, args.config, [*args.overrides, "DATA.TEST_LIST", args.list,
+                                                               "DATA.VAL_LIST", args.list, "DATA.LIST_DIR", ""])
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
     if cfg.MODEL.NAME.startswith(PRETRAIN_PREFIX):  # a pretraining run's config: the same encoder, as a classifier
         cfg = cfg.clone()
         cfg.defrost()
@@ -53,7 +59,11 @@ def main(argv=None) -> int:
         cfg.freeze()
     info, device = init_distributed()
     model = build_classifier_from_cfg(cfg)
-    print(load_checkpoint(model, args.checkpoint))
+    try:
+        print(load_checkpoint(model, args.checkpoint))
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     model.to(device).eval()
     dataset = build_dataset(cfg, "test" if args.views == "test" else "val")
     loader = build_eval_loader(cfg, dataset, 1, 0)

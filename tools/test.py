@@ -1,13 +1,16 @@
 """Multi-view test of a fine-tuned checkpoint: softmax averaged over clips x crops per video.
 
-    python tools/test.py --checkpoint runs/ssv2_ft/model.pt OUTPUT_DIR runs/ssv2_ft/test
+    python tools/test.py --checkpoint runs/ssv2_ft/model.pt --out runs/ssv2_ft/test
     torchrun --nproc_per_node 8 tools/test.py --config configs/finetune/ssv2_vit_b.yaml --checkpoint official.pth
 
 Our fine-tuned model.pt files carry their config (data lists, frames, views); other checkpoints need
-`--config`. KEY VALUE pairs override either.
+`--config`. KEY VALUE pairs override either. A stored config is read as data: its IMPORTS are not
+imported (name a plugin the model needs on the command line: IMPORTS my_plugin.py) and its
+OUTPUT_DIR is not used.
 
 Writes test_predictions.csv, test_per_class.csv, test_confusion.png and test_metrics.json to
-OUTPUT_DIR. A pretraining checkpoint is refused: its head was never trained.
+`--out` (or OUTPUT_DIR given on the command line), else next to the checkpoint. A pretraining
+checkpoint is refused: its head was never trained.
 """
 from __future__ import annotations
 
@@ -25,12 +28,15 @@ from videomae.engine.config import ConfigError, checkpoint_config  # noqa: E402
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="default: the config the fine-tuned model.pt carries")
-    parser.add_argument("--checkpoint", required=True, help="fine-tuned model.pt, run folder, or foreign file")
+    parser.add_argument("--checkpoint", required=True,
+                        help="fine-tuned model.pt, run folder, DeepSpeed checkpoint folder, or foreign file")
+    parser.add_argument("--out", help="folder for the reports (default: the checkpoint's folder)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     try:
-        cfg = checkpoint_config(args.checkpoint, args.config, args.overrides)
+        cfg = checkpoint_config(args.checkpoint, args.config,
+                                [*args.overrides, *(["OUTPUT_DIR", args.out] if args.out else [])])
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

@@ -5,11 +5,14 @@ side by side on the same clip, with each strategy's masked-cube loss.
         --masks tube,random,frame --out pictures/ [MASK.RATIO 0.75 ...]
     python tools/visualize.py --config configs/pretrain/k400_vit_b.yaml --checkpoint official.pth ...
 
-Our model.pt files carry their config; other checkpoints need `--config`. The clip is the centre dense clip of each video (the config's frames and sampling rate), short side
-resized and centre-cropped to the model's size. The checkpoint must hold the decoder (ours, official
-VideoMAE pretraining files, HF `VideoMAEForPreTraining`); an encoder-only or fine-tuned checkpoint
-cannot reconstruct and is refused. Writes `<out>/<video name>.png` and prints one line per video
-and strategy.
+Our model.pt files carry their config, read as data (its IMPORTS are not imported: name a plugin on
+the command line, IMPORTS my_plugin.py); other checkpoints need `--config`. The clip is the centre
+dense clip of each video (the config's frames and sampling rate), short side resized and
+centre-cropped to the model's size. The checkpoint must hold the decoder (ours, official VideoMAE
+pretraining files, HF `VideoMAEForPreTraining`); an encoder-only or fine-tuned checkpoint
+cannot reconstruct and is refused. Writes `<out>/<video name>.png` (default out: `reconstructions`
+next to the checkpoint, or under OUTPUT_DIR given on the command line) and prints one line per
+video and strategy.
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", required=True, help="pretraining model.pt, run folder, or foreign file")
     parser.add_argument("--video", required=True, nargs="+", help="one or more video files")
     parser.add_argument("--masks", default="", help="comma-separated strategies (default: the config's MASK.TYPE)")
-    parser.add_argument("--out", default="reconstructions", help="folder for the pictures")
+    parser.add_argument("--out", help="folder for the pictures (default: reconstructions/ next to the checkpoint)")
     parser.add_argument("--frames", type=int, default=4, help="frames shown per row")
     parser.add_argument("--seed", type=int, default=0, help="seeds every mask, so strategies compare fairly")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE pairs, e.g. MASK.RATIO 0.75")
@@ -84,8 +87,9 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     model.float().eval()
+    out_dir = args.out or os.path.join(cfg.OUTPUT_DIR, "reconstructions")
     strategies = {name: build_masking(name, cfg.MASK.RATIO) for name in names}
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
     for path in args.video:
         try:
             video = normalize_on_device(read_center_clip(path, cfg), "cpu")
@@ -94,7 +98,7 @@ def main(argv=None) -> int:
             return 1
         masks = {name: make(1, model.grid_size, device="cpu", generator=torch.Generator().manual_seed(args.seed))
                  for name, make in strategies.items()}
-        out_png = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0] + ".png")
+        out_png = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
         losses = plot_reconstruction(model, video, masks, out_png, frames=args.frames)
         for name, loss in losses.items():
             visible = int((~masks[name]).sum())

@@ -4,7 +4,8 @@ Sources: our `model.pt` and DeepSpeed checkpoint folders; official VideoMAE v1 /
 (weights under `model` or `module`, optional `encoder.` / `backbone.` / `_orig_mod.` / `module.`
 prefixes, pretraining or fine-tuned layouts, V2 files without a decoder); MAE-ST checkpoints
 (separate q/k/v, separable learned position embeddings); HF transformers VideoMAE folders or
-state dicts. Every file loads with `torch.load(..., weights_only=True)`.
+state dicts. Every file loads with `torch.load(..., weights_only=True)`, DeepSpeed folders included
+(consolidated by `zero.py`, not by DeepSpeed's own unpickling).
 """
 from __future__ import annotations
 
@@ -67,25 +68,35 @@ def _read_folder(path: str) -> tuple[dict, dict]:
     # one of our run folders, or a DeepSpeed checkpoint folder
     if os.path.exists(os.path.join(path, "model.pt")):
         return read_state_dict(os.path.join(path, "model.pt"))
-    ckpt_dir = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-    from ..engine.checkpoint import latest_tag
+    from .zero import ZeroCheckpointError, read_deepspeed_folder
 
-    tag = latest_tag(ckpt_dir)
-    folder = os.path.join(ckpt_dir, tag) if tag else path
-    states = os.path.join(folder, "mp_rank_00_model_states.pt")
-    if os.path.exists(states):
-        if any(f.startswith(("zero_pp", "bf16_zero_pp")) for f in os.listdir(folder)):
-            import contextlib
-            import io
-
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-            with contextlib.redirect_stdout(io.StringIO()):
-                return get_fp32_state_dict_from_zero_checkpoint(os.path.dirname(folder),
-                                                                tag=os.path.basename(folder)), {"source": "deepspeed"}
-        obj = torch.load(states, map_location="cpu", weights_only=True)
-        return obj["module"], {"source": "deepspeed"}
+    folder = _deepspeed_tag_folder(path)
+    if folder is not None:
+        try:  # weights-only, never DeepSpeed's own consolidation: that one unpickles arbitrary objects
+            return read_deepspeed_folder(folder), {"source": "deepspeed"}
+        except ZeroCheckpointError as err:
+            raise CheckpointError(str(err)) from None
     raise CheckpointError(f"{path}: not a checkpoint folder (no model.safetensors, pytorch_model.bin, "
                           "model.pt or DeepSpeed checkpoint)")
+
+
+def _deepspeed_tag_folder(path: str) -> str | None:
+    """The DeepSpeed tag folder `path` means: itself, or the newest complete tag of our run folder
+    (`path/checkpoints`) or checkpoint folder, or the tag DeepSpeed's own `latest` file names."""
+    from ..engine.checkpoint import latest_tag
+    from .zero import is_deepspeed_folder
+
+    if is_deepspeed_folder(path):
+        return path
+    ckpt_dir = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+    tag = latest_tag(ckpt_dir)
+    if tag is None and os.path.isfile(os.path.join(ckpt_dir, "latest")):
+        tag = open(os.path.join(ckpt_dir, "latest")).read().strip()
+        if not tag or os.path.basename(tag) != tag or tag in (".", ".."):  # a name inside ckpt_dir only
+            tag = None
+    if tag and is_deepspeed_folder(os.path.join(ckpt_dir, tag)):
+        return os.path.join(ckpt_dir, tag)
+    return None
 
 
 def strip_prefixes(state: dict) -> dict:

@@ -123,13 +123,11 @@ def fp32_state_dict(engine, ckpt_dir: str | None = None, tag: str | None = None)
     stage = engine.zero_optimization_stage()
     if stage == 0 and not (engine.bfloat16_enabled() or engine.fp16_enabled()):
         return {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
-    import contextlib
-    import io
+    from ..convert.zero import read_deepspeed_folder
 
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    with contextlib.redirect_stdout(io.StringIO()):  # it narrates every shard it reads
-        state = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag)
+    # the same weights-only reader that tools use on folders they are given (equal to DeepSpeed's
+    # zero_to_fp32 bit for bit, see tests/test_untrusted.py)
+    state = read_deepspeed_folder(os.path.join(ckpt_dir, tag or latest_tag(ckpt_dir)))
     # buffers that are not parameters (non-persistent ones are absent anyway) come from the module
     module_state = engine.module.state_dict()
     return {k: (state[k] if k in state else v.detach().float().cpu()) for k, v in module_state.items()}

@@ -269,16 +269,44 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 def checkpoint_config(checkpoint: str, config: str | None = None, overrides=()) -> CfgNode:
     """The config to use `checkpoint` with: `config` when given, else the one its run stored with it
     (inside our `model.pt`, or `config.yaml` in a run folder), so tools need `--config` only for other
-    projects' checkpoints. The weights come from `checkpoint`, so MODEL.PRETRAINED is cleared."""
-    overrides = [*overrides, "MODEL.PRETRAINED", ""]
-    if config:
-        return load_config(config, overrides)
+    projects' checkpoints. The weights come from `checkpoint`, so MODEL.PRETRAINED is cleared.
+
+    A stored config came with the checkpoint, from whoever made it: it is data. Its IMPORTS are never
+    imported (a plugin the model needs is named on the command line: `IMPORTS my_plugin.py`), and no
+    config's OUTPUT_DIR is used: OUTPUT_DIR is the checkpoint's own folder unless the command line
+    (`OUTPUT_DIR x`, or a tool's `--out`) says otherwise."""
+    checkpoint = os.fspath(checkpoint)
+    out_dir = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
+    head, tail = ["OUTPUT_DIR", out_dir], [*map(str, overrides), "MODEL.PRETRAINED", ""]
+    if config:  # the user's own file: its IMPORTS are the user's choice
+        return load_config(config, [*head, *tail])
     if os.path.isdir(checkpoint):
         path = os.path.join(checkpoint, "config.yaml")
         if not os.path.isfile(path):
             raise ConfigError(f"{checkpoint} holds no config.yaml: give the config it was trained with (--config)")
-        return load_config(path, overrides)
-    return load_config(None, overrides, text=_stored_config_text(checkpoint))
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            _note_stored_imports(path, handle.read(), tail)
+        return load_config(path, [*head, "IMPORTS", "", *tail])
+    text = _stored_config_text(checkpoint)
+    _note_stored_imports(checkpoint, text, tail)
+    return load_config(None, [*head, "IMPORTS", "", *tail], text=text)
+
+
+def _note_stored_imports(where: str, text: str, overrides: list) -> None:
+    """One line when a stored config names IMPORTS that are not imported (and the command line
+    names none), so a model that needs a plugin fails with a reason in view."""
+    import yaml
+
+    try:
+        stored = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return  # load_config reports it
+    imports = stored.get("IMPORTS") if isinstance(stored, dict) else None
+    given = "IMPORTS" in [str(key) for key in overrides[0::2]]
+    if imports and not given and os.environ.get("RANK", "0") == "0":
+        print(f"note: the config stored with {where} names IMPORTS {imports!r}; a stored config is read as data, "
+              "its IMPORTS are not imported (pass IMPORTS on the command line if the model needs them)",
+              file=sys.stderr)
 
 
 def _stored_config_text(path: str) -> str:
