@@ -7,11 +7,14 @@ import torch
 from helpers import final_json, losses, run_train
 
 
-def test_resume_gives_the_same_losses(tmp_path, synthetic_root):
+@pytest.mark.parametrize("stage,precision", [(1, "fp32"), (0, "bf16")])
+def test_resume_gives_the_same_losses(tmp_path, synthetic_root, stage, precision):
+    """DeepSpeed's engine (ZeRO-1) and the plain one (ZeRO-0), in fp32 and bf16 autocast."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_train(straight, synthetic_root, "TRAIN.MAX_STEPS", 6)
-    run_train(resumed, synthetic_root, "TRAIN.MAX_STEPS", 3)
-    second = run_train(resumed, synthetic_root, "TRAIN.MAX_STEPS", 6)
+    common = ["DEEPSPEED.ZERO_STAGE", stage, "DEEPSPEED.PRECISION", precision]
+    run_train(straight, synthetic_root, *common, "TRAIN.MAX_STEPS", 6)
+    run_train(resumed, synthetic_root, *common, "TRAIN.MAX_STEPS", 3)
+    second = run_train(resumed, synthetic_root, *common, "TRAIN.MAX_STEPS", 6)
     assert "resumed from step_00000003" in second.stdout + second.stderr
     a, b = losses(straight), losses(resumed)
     assert len(a) == len(b) == 6
@@ -30,6 +33,18 @@ def test_zero2_two_ranks_then_resume_on_one(tmp_path, synthetic_root):
     assert len(shards) == 2, shards  # optimizer state partitioned over the two ranks
     one = run_train(moved, synthetic_root, *common, "TRAIN.ACCUM_STEPS", 2, "TRAIN.MAX_STEPS", 4)
     assert "converting to universal format" in one.stdout + one.stderr
+    torch.testing.assert_close(torch.tensor(losses(moved)), torch.tensor(losses(reference)), rtol=1e-5, atol=1e-6)
+
+
+def test_zero0_two_ranks_equal_one_rank_with_accumulation(tmp_path, synthetic_root):
+    """The plain stage-0 engine: DDP on 2 gloo ranks gives the losses of 1 process with 2
+    accumulation steps, and that run continues on 1 process from the 2-rank checkpoint."""
+    reference, moved = tmp_path / "reference", tmp_path / "moved"
+    common = ["TRAIN.BATCH_SIZE", 2, "DEEPSPEED.ZERO_STAGE", 0]
+    run_train(reference, synthetic_root, *common, "TRAIN.ACCUM_STEPS", 2, "TRAIN.MAX_STEPS", 4)
+    two = run_train(moved, synthetic_root, *common, "TRAIN.MAX_STEPS", 2, nproc=2)
+    assert "on 2 process(es) (torchrun" in two.stdout + two.stderr
+    run_train(moved, synthetic_root, *common, "TRAIN.ACCUM_STEPS", 2, "TRAIN.MAX_STEPS", 4)
     torch.testing.assert_close(torch.tensor(losses(moved)), torch.tensor(losses(reference)), rtol=1e-5, atol=1e-6)
 
 
@@ -68,7 +83,13 @@ def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path, synthetic_root
     assert result.returncode != 0
     message = result.stderr
     assert "loss is not finite at step" in message and "last good checkpoint" in message
-    assert "step_0000000" in message.split("last good checkpoint")[1]
+    named = message.split("last good checkpoint: ")[1].split(". ")[0]
+    assert "step_0000000" in named
+    # the skipped update never reached the weights: the named checkpoint holds finite ones
+    from videomae.convert.zero import read_deepspeed_folder
+
+    states = read_deepspeed_folder(named)
+    assert all(torch.isfinite(v).all() for v in states.values() if v.is_floating_point())
 
 
 def test_config_errors_exit_cleanly(tmp_path, synthetic_root):

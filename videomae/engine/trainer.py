@@ -16,6 +16,7 @@ from .distributed import barrier, init_distributed
 from .logs import RunLogger
 from .flops import peak_flops, train_flops_per_clip
 from .optim import build_optimizer, cosine_lr, set_lr
+from .plain import PlainEngine
 from .preemption import Preemption, requeue_slurm_job
 from .step_stats import PreemptionVote, StepStats, innermost_optimizer, skips_on_device
 from .tasks import StepContext
@@ -45,6 +46,8 @@ def deepspeed_config(cfg, clips_per_micro: int, device) -> dict:
     if device.type == "cpu" and precision == "fp16":
         raise ConfigError("DEEPSPEED.PRECISION fp16 needs a GPU; use fp32 or bf16 on CPU")
     zero = {"stage": cfg.DEEPSPEED.ZERO_STAGE}
+    if cfg.DEEPSPEED.ZERO_STAGE in (1, 2) and cfg.TRAIN.CLIP_GRAD <= 0:
+        zero["compute_grad_norm"] = False  # a per-parameter norm and a host read per step, for nothing
     if cfg.DEEPSPEED.OFFLOAD_OPTIMIZER and cfg.DEEPSPEED.ZERO_STAGE > 0:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     return {
@@ -95,7 +98,11 @@ class Trainer:
                                     self.device)
         ds_config = deepspeed_config(cfg, clips_per_micro, self.device)
         self.resume_tag = self._prepare_resume(ds_config)
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        if cfg.DEEPSPEED.ZERO_STAGE == 0 and cfg.DEEPSPEED.PRECISION != "fp16":
+            self.engine = PlainEngine(model, optimizer, self.device, cfg.TRAIN.ACCUM_STEPS, cfg.TRAIN.CLIP_GRAD,
+                                      self.info.world_size, self.info.rank)
+        else:
+            self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         if cfg.MODEL.COMPILE:
             self.engine.compile()
             if not self.engine.is_compiled:
