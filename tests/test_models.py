@@ -225,3 +225,47 @@ def test_resize_grid_changes_frame_count(tiny_kwargs):
     assert model.grid_size == (4, 6, 6)
     assert model(torch.randn(1, 3, 8, 48, 48)).shape == (1, 3)
     torch.testing.assert_close(model.pos_embed(), sinusoid_table(math.prod((4, 6, 6)), 192))
+
+
+@pytest.mark.parametrize("tubelet, patch", [(2, 8), (1, 4)])
+def test_visible_cube_embedding_equals_the_conv3d_path(tubelet, patch, generator):
+    """Projecting the gathered cubes with the Conv3d weight as a matrix == running the Conv3d on the
+    whole clip and keeping the visible tokens."""
+    model = build_pretrain_model("tiny", img_size=32, patch_size=patch, num_frames=4, tubelet_size=tubelet, depth=1)
+    embed = model.encoder.patch_embed
+    assert isinstance(embed.proj, torch.nn.Conv3d) and embed.proj.weight.shape == (192, 3, tubelet, patch, patch)
+    video = torch.randn(3, 3, 4, 32, 32, generator=generator)
+    mask = build_masking("random", 0.75)(3, model.grid_size, generator=generator)
+    keep = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)[:, :int((~mask[0]).sum())]
+    with torch.no_grad():
+        conv = torch.nn.functional.conv3d(video, embed.proj.weight, embed.proj.bias, stride=(tubelet, patch, patch))
+        conv = conv.flatten(2).transpose(1, 2)                                   # [B, N, D]
+        torch.testing.assert_close(embed(video), conv, rtol=0, atol=1e-5)
+        visible = conv.gather(1, keep[..., None].expand(-1, -1, conv.shape[-1]))
+        torch.testing.assert_close(embed(video, keep), visible, rtol=0, atol=1e-5)
+    assert (keep.diff(dim=1) > 0).all()  # ascending token order
+
+
+def test_checkpoint_keys_unchanged(tiny_kwargs):
+    model = build_pretrain_model("tiny", **tiny_kwargs)
+    keys = set(model.state_dict())
+    assert {"encoder.patch_embed.proj.weight", "encoder.patch_embed.proj.bias"} <= keys
+    assert not any("_orig_mod" in k for k in keys)
+
+
+def test_drop_path_takes_its_decisions_from_the_given_noise(tiny_kwargs, generator):
+    model = build_classifier("tiny", num_classes=3, drop_path_rate=0.5, **tiny_kwargs).train()
+    video = torch.randn(4, 3, 4, 32, 32, generator=generator)
+    noise = torch.rand(4, model.random_draws, generator=generator)
+    assert model.random_draws == 2 * len(model.blocks)
+    a, b = model(video, drop_noise=noise), model(video, drop_noise=noise)
+    torch.testing.assert_close(a, b)                       # no draw from the global generator
+    # a sample's output depends on its own row of noise only
+    torch.testing.assert_close(model(video[2:], drop_noise=noise[2:]), a[2:])
+    # noise >= keep probability drops every branch that has drop path: block 1 (rate 0.5) becomes
+    # the identity, block 0 (rate 0: stochastic depth grows linearly from 0) still runs
+    dropped = model(video, drop_noise=torch.ones_like(noise))
+    with torch.no_grad():
+        expected = model.head(model.fc_norm(model.blocks[0](model.embed(video)).mean(1)))
+    torch.testing.assert_close(dropped, expected)
+    assert build_classifier("tiny", num_classes=3, **tiny_kwargs).random_draws == 0
