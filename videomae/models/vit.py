@@ -102,7 +102,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, N, D]; noise: [B, 2] per-sample uniforms for the two drop-path decisions, or None."""
-        n1, n2 = (None, None) if noise is None else (noise[:, 0], noise[:, 1])
+        dropping = noise is not None and isinstance(self.drop_path, DropPath)
+        n1, n2 = (noise[:, 0], noise[:, 1]) if dropping else (None, None)
         if self.gamma_1 is None:
             x = x + self._drop_path(self.attn(self.norm1(x)), n1)
             return x + self._drop_path(self.mlp(self.norm2(x)), n2)
