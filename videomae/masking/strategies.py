@@ -82,55 +82,66 @@ class BlockMasking(MaskingStrategy):
         A = self.max_boxes
         # six 16-bit uniforms per box from three 32-bit draws (16 bits are plenty to place a box on
         # a grid of tens of cells); float64 so every device rounds the box sizes alike
-        bits = gen.bits(3 * A).view(-1, A, 3)
-        u = torch.cat([bits >> 16, bits & 0xFFFF], dim=2).double() / 2**16        # (R, A, 6)
+        bits = gen.bits(3 * A).view(-1, 3, A)
+        u = torch.cat([bits >> 16, bits & 0xFFFF], dim=1).double().mul_(1 / 2**16).unbind(1)  # 6 x (R, A)
         lo_area = min(self.min_block, h * w)
         hi_area = self.max_block or max(self.min_block, int(0.4 * h * w))
-        area = lo_area + u[..., 0] * (hi_area - lo_area)
-        aspect = torch.exp(math.log(0.3) + u[..., 1] * (math.log(1 / 0.3) - math.log(0.3)))
-        bh = torch.round(torch.sqrt(area * aspect)).clamp(1, h).long()
-        bw = torch.round(torch.sqrt(area / aspect)).clamp(1, w).long()
+        area = u[0] * (hi_area - lo_area) + lo_area
+        aspect = torch.exp(u[1] * (math.log(1 / 0.3) - math.log(0.3)) + math.log(0.3))
+        bh = torch.round(torch.sqrt(area * aspect)).clamp_(1, h).long()
+        bw = torch.round(torch.sqrt(area / aspect)).clamp_(1, w).long()
         lo_t = min(self.min_frames, t)
-        bt = lo_t + (u[..., 2] * (t - lo_t + 1)).long()
+        bt = (u[2] * (t - lo_t + 1)).long() + lo_t
 
         def start(v, size, extent):  # uniform in 0 .. size - extent
-            return (v * (size - extent + 1)).long()
+            return (v * (size + 1 - extent)).long()
 
-        return start(u[..., 3], t, bt), bt, start(u[..., 4], h, bh), bh, start(u[..., 5], w, bw), bw
+        return start(u[3], t, bt), bt, start(u[4], h, bh), bh, start(u[5], w, bw), bw
 
     def draw(self, gen, grid):
         t, h, w = grid
         R, A, target = len(gen), self.max_boxes, self.num_masked(grid)
         dev = gen.device
         t0, bt, y0, bh, x0, bw = self.boxes(gen, grid)
-        # box a owns bit A-1-a, so the first box covering a cube is the highest set bit
-        bit = (torch.ones(A, dtype=torch.int64, device=dev) << torch.arange(A - 1, -1, -1, device=dev)).expand(R, A)
+        # box a owns bit A-a, so the first box covering a cube is its highest set bit; bit 0 is set
+        # everywhere, so "no box" reads as box A
+        bit = (torch.ones(A, dtype=torch.int64, device=dev) << torch.arange(A, 0, -1, device=dev)).expand(R, A)
 
         def axis_bits(start, extent, size):  # (R, size): the bits of the boxes spanning each index
             edges = torch.zeros(R, size + 1, dtype=torch.int64, device=dev)
             edges.scatter_add_(1, start, bit).scatter_add_(1, start + extent, -bit)
-            return edges[:, :size].cumsum(1)
+            return edges[:, :size].cumsum(1) | 1
 
         space = (axis_bits(y0, bh, h)[:, :, None] & axis_bits(x0, bw, w)[:, None, :]).view(R, h * w)
         time_bits = axis_bits(t0, bt, t)
-        first = torch.empty(R, t, h * w, dtype=torch.uint8, device=dev)   # first covering box; A: none
-        per_box = torch.zeros(R * (A + 1), dtype=torch.int64, device=dev)  # cubes first covered by box
-        offsets = torch.arange(0, R * (A + 1), A + 1, device=dev)[:, None]
+        # float64 exponent (1023 + highest bit; exact, cover < 2**53) of each cube's cover bits
+        exponent = torch.empty(R, t, h * w, dtype=torch.uint8, device=dev)
+        per_box = torch.zeros(R * (A + 1), dtype=torch.int64, device=dev)  # histogram over A - box
+        offsets = torch.arange(-1023, R * (A + 1) - 1023, A + 1, device=dev)[:, None]
         for ti in range(t):  # one temporal slice at a time keeps the int64 work in cache
-            cover = space & time_bits[:, ti:ti + 1]                             # (R, HW)
-            # highest set bit from the float64 exponent (exact: cover < 2**53); 0 -> none
-            exponent = cover.double().view(torch.int64) >> 52
-            box = exponent.neg_().add_(A - 1 + 1023).clamp_(max=A)
-            first[:, ti] = box
-            per_box += torch.bincount((box + offsets).flatten(), minlength=R * (A + 1))
-        first = first.view(R, t * h * w)
+            e = (space & time_bits[:, ti:ti + 1]).double().view(torch.int64) >> 52      # (R, HW)
+            per_box += torch.bincount((e + offsets).flatten(), minlength=R * (A + 1))
+            exponent[:, ti] = e                                       # mod 256, undone below
+        first = torch.sub((A + 1023) % 256, exponent)                 # box index in uint8; A: none
+        per_box = per_box.view(R, A + 1).flip(1)                      # cubes first covered by box a
         union = per_box.view(R, A + 1)[:, :A].cumsum(1)                    # union after boxes 0..k
         taken = (union <= target).sum(1, keepdim=True)                      # whole boxes accepted
         covered = torch.cat([union.new_zeros(R, 1), union], 1).gather(1, taken)
-        # the next box (or, with none left, the uncovered cubes) supplies the rest in raster order
-        partial = first == taken.to(torch.uint8)
-        fill = partial.cumsum(1, dtype=torch.int16) <= (target - covered).to(torch.int16)
-        return (first < taken.to(torch.uint8)) | fill.logical_and_(partial)
+        # the next box (or, with none left, the uncovered cubes) supplies the rest in raster order:
+        # whole slices of it first, then the first cubes of one slice (a cumsum over H'W' only)
+        partial = first == taken.to(torch.uint8)[:, :, None]               # (R, T, HW)
+        per_slice = partial.sum(2, dtype=torch.int32)                       # (R, T)
+        through = per_slice.cumsum(1)
+        need = target - covered                                             # (R, 1)
+        whole = through <= need                                             # a prefix of the slices
+        fill = partial & whole[:, :, None]
+        edge = whole.sum(1).clamp_(max=t - 1)                               # the slice taken in part
+        rows = torch.arange(R, device=dev)
+        left = need[:, 0] - (through - per_slice)[rows, edge]               # cubes to take there
+        edge_cubes = partial[rows, edge]                                    # (R, HW)
+        edge_cubes &= edge_cubes.cumsum(1, dtype=torch.int32) <= left[:, None]
+        fill[rows, edge] |= edge_cubes
+        return ((first < taken.to(torch.uint8)[:, :, None]) | fill).view(R, t * h * w)
 
 
 @register_masking("running_cell")
