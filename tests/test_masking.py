@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from videomae.masking import MASKING_REGISTRY, MaskingStrategy, build_masking, register_masking
+from videomae.masking import MASKING_REGISTRY, MaskingStrategy, build_masking, register_masking, validate_mask
+from videomae.masking.base import lowest_k
+from videomae.seeding import RowGenerator
 
 GRID = (8, 14, 14)
 CASES = [("tube", 0.9, 1408), ("random", 0.9, 1411), ("frame", 0.875, 7 * 196),
@@ -105,3 +107,101 @@ def test_bad_names_and_ratios():
         build_masking("tube", 1.0)
     with pytest.raises(ValueError, match="1-3 of 4"):
         build_masking("running_cell", 0.1)
+
+
+# -- the seeding protocol: a row's mask depends on (seed, step, row) only -------------------------
+
+class MakeOnly(MaskingStrategy):
+    """A strategy written against the older `make()` API (kept working through an adapter)."""
+    name = "make_only_test"
+
+    def make(self, batch_size, grid, device, generator):
+        noise = torch.rand(batch_size, math.prod(grid), generator=generator, device=device)
+        return lowest_k(noise, 5)
+
+
+def every_strategy():
+    return [build_masking(name, 0.5 if name == "running_cell" else 0.9) for name in sorted(MASKING_REGISTRY)] \
+        + [MakeOnly()]
+
+
+@pytest.mark.parametrize("strategy", every_strategy(), ids=lambda s: s.name)
+def test_rows_drawn_at_once_equal_rows_drawn_per_rank(strategy):
+    """Rows 0-7 drawn by one process equal the same rows drawn as 2 ranks x 4 rows."""
+    one = strategy.draw_rows(RowGenerator.for_range(11, 3, 0, 8, "mask"), GRID)
+    ranks = [strategy.draw_rows(RowGenerator.for_range(11, 3, first, 4, "mask"), GRID) for first in (0, 4)]
+    assert torch.equal(one, torch.cat(ranks))
+    assert len({tuple(row.tolist()) for row in one}) > 1                   # rows differ
+    assert validate_mask(one, GRID) == one[0].sum()                         # equal counts
+    other_step = strategy.draw_rows(RowGenerator.for_range(11, 4, 0, 8, "mask"), GRID)
+    assert not torch.equal(one, other_step)
+
+
+@pytest.mark.parametrize("strategy", every_strategy(), ids=lambda s: s.name)
+def test_row_order_does_not_matter(strategy):
+    rows = torch.tensor([5, 0, 7, 2])
+    picked = strategy.draw_rows(RowGenerator(11, 3, rows, "mask"), GRID)
+    full = strategy.draw_rows(RowGenerator.for_range(11, 3, 0, 8, "mask"), GRID)
+    assert torch.equal(picked, full[rows])
+
+
+def test_a_make_only_strategy_is_called_once_per_row():
+    calls = []
+
+    class Counting(MakeOnly):
+        def make(self, batch_size, grid, device, generator):
+            calls.append(batch_size)
+            return super().make(batch_size, grid, device, generator)
+
+    mask = Counting().draw_rows(RowGenerator.for_range(0, 0, 0, 3), GRID)
+    assert calls == [1, 1, 1] and mask.sum(1).tolist() == [5, 5, 5]
+    with pytest.raises(NotImplementedError, match="neither draw"):
+        MaskingStrategy().draw_rows(RowGenerator.for_range(0, 0, 0, 1), GRID)
+
+
+def test_a_strategy_returning_a_wrong_mask_is_named():
+    class Wrong(MaskingStrategy):
+        name = "wrong_test"
+
+        def draw(self, gen, grid):
+            return torch.zeros(len(gen), 3, dtype=torch.bool)
+
+    with pytest.raises(ValueError, match="'wrong_test' returned torch.bool of shape"):
+        Wrong().draw_rows(RowGenerator.for_range(0, 0, 0, 2), GRID)
+
+
+def test_block_boxes_follow_the_published_constraints():
+    """Box areas in [min_block, 0.4 H'W'] and aspect ratios in [0.3, 1/0.3], up to rounding the
+    box sides to whole cubes (as BEiT does); every clip masks exactly int(ratio N)."""
+    strategy = build_masking("block", 0.9)
+    gen = RowGenerator.for_range(0, 0, 0, 256)
+    t0, bt, y0, bh, x0, bw = strategy.boxes(gen, GRID)
+    t, h, w = GRID
+    assert ((t0 >= 0) & (t0 + bt <= t) & (y0 >= 0) & (y0 + bh <= h) & (x0 >= 0) & (x0 + bw <= w)).all()
+    assert ((bt >= 1) & (bt <= t)).all() and set(bt.unique().tolist()) == set(range(1, t + 1))
+    # each side is a real side rounded to the nearest integer: widen the bounds by half a cube
+    assert ((bh + 0.5) * (bw + 0.5) >= 16).all() and ((bh - 0.5) * (bw - 0.5) <= int(0.4 * h * w)).all()
+    assert ((bh + 0.5) / (bw - 0.5) >= 0.3).all() and ((bh - 0.5) / (bw + 0.5) <= 1 / 0.3).all()
+    aspect = bh.double() / bw
+    assert aspect.min() < 0.5 and aspect.max() > 2   # the whole range is used, not only squares
+    mask = strategy.draw_rows(RowGenerator.for_range(0, 0, 0, 256), GRID)
+    assert mask.sum(1).unique().tolist() == [int(0.9 * t * h * w)]
+
+
+def test_block_mask_is_the_union_of_its_first_boxes():
+    """Whole boxes are accepted in order; the mask contains every cube of every accepted box."""
+    strategy = build_masking("block", 0.5)
+    gen_args = (4, 2, 0, 16)
+    mask = strategy.draw_rows(RowGenerator.for_range(*gen_args), GRID).view(16, *GRID)
+    t0, bt, y0, bh, x0, bw = strategy.boxes(RowGenerator.for_range(*gen_args), GRID)
+    target = strategy.num_masked(GRID)
+    for r in range(16):
+        union = torch.zeros(GRID, dtype=torch.bool)
+        for a in range(strategy.max_boxes):
+            box = torch.zeros(GRID, dtype=torch.bool)
+            box[t0[r, a]:t0[r, a] + bt[r, a], y0[r, a]:y0[r, a] + bh[r, a], x0[r, a]:x0[r, a] + bw[r, a]] = True
+            if int((union | box).sum()) > target:
+                break
+            union |= box
+        assert (mask[r] | ~union).all()          # every accepted box is masked
+        assert int(union.sum()) <= target == int(mask[r].sum())

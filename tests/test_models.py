@@ -6,7 +6,7 @@ import torch
 from einops import rearrange
 
 import videomae  # noqa: F401  (registers models with timm)
-from videomae.masking import build_masking
+from videomae.masking import build_masking, validate_mask
 from videomae.models import (build_classifier, build_pretrain_model, patchify,
                              sinusoid_table, unpatchify)
 from videomae.models.pos_embed import SeparablePosEmbed, resize_pos_embed
@@ -119,7 +119,8 @@ def test_pred_covers_masked_tokens_in_ascending_order(tiny_kwargs, generator):
     full = model.targets(video)
     for b in range(2):
         idx = mask[b].nonzero().flatten()  # ascending
-        assert torch.equal(out.target[b], full[b, idx])
+        # the model cuts out only the predicted cubes: the same numbers up to reduction order
+        torch.testing.assert_close(out.target[b], full[b, idx], rtol=0, atol=1e-6)
 
 
 def test_gradients_reach_encoder_and_decoder(tiny_kwargs, generator):
@@ -134,16 +135,21 @@ def test_gradients_reach_encoder_and_decoder(tiny_kwargs, generator):
         assert grad is not None and grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("bad, message", [
-    (lambda m: m.long(), "torch.bool"),
-    (lambda m: m[:, :-1], "shape"),
-    (lambda m: torch.cat([m[:1], ~m[1:]]), "same number"),
+@pytest.mark.parametrize("bad, message, in_forward", [
+    (lambda m: m.long(), "torch.bool", True),
+    (lambda m: m[:, :-1], "shape", True),
+    (lambda m: torch.cat([m[:1], ~m[1:]]), "same number", False),  # needs a device read: not in forward
 ])
-def test_bad_masks_are_value_errors(tiny_kwargs, bad, message):
+def test_bad_masks_are_value_errors(tiny_kwargs, bad, message, in_forward):
     model = build_pretrain_model("tiny", **tiny_kwargs)
     mask = build_masking("random", 0.75)(2, model.grid_size, generator=torch.Generator().manual_seed(1))
     with pytest.raises(ValueError, match=message):
-        model(torch.randn(2, 3, 4, 32, 32), bad(mask))
+        validate_mask(bad(mask), model.grid_size)
+    if in_forward:
+        with pytest.raises(ValueError, match=message):
+            model(torch.randn(2, 3, 4, 32, 32), bad(mask))
+    with pytest.raises(ValueError, match="num_masked says 5"):
+        validate_mask(mask, model.grid_size, expected=5)
 
 
 def test_decoder_masking_scores_only_encoder_masked(tiny_kwargs, generator):
@@ -219,3 +225,47 @@ def test_resize_grid_changes_frame_count(tiny_kwargs):
     assert model.grid_size == (4, 6, 6)
     assert model(torch.randn(1, 3, 8, 48, 48)).shape == (1, 3)
     torch.testing.assert_close(model.pos_embed(), sinusoid_table(math.prod((4, 6, 6)), 192))
+
+
+@pytest.mark.parametrize("tubelet, patch", [(2, 8), (1, 4)])
+def test_visible_cube_embedding_equals_the_conv3d_path(tubelet, patch, generator):
+    """Projecting the gathered cubes with the Conv3d weight as a matrix == running the Conv3d on the
+    whole clip and keeping the visible tokens."""
+    model = build_pretrain_model("tiny", img_size=32, patch_size=patch, num_frames=4, tubelet_size=tubelet, depth=1)
+    embed = model.encoder.patch_embed
+    assert isinstance(embed.proj, torch.nn.Conv3d) and embed.proj.weight.shape == (192, 3, tubelet, patch, patch)
+    video = torch.randn(3, 3, 4, 32, 32, generator=generator)
+    mask = build_masking("random", 0.75)(3, model.grid_size, generator=generator)
+    keep = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)[:, :int((~mask[0]).sum())]
+    with torch.no_grad():
+        conv = torch.nn.functional.conv3d(video, embed.proj.weight, embed.proj.bias, stride=(tubelet, patch, patch))
+        conv = conv.flatten(2).transpose(1, 2)                                   # [B, N, D]
+        torch.testing.assert_close(embed(video), conv, rtol=0, atol=1e-5)
+        visible = conv.gather(1, keep[..., None].expand(-1, -1, conv.shape[-1]))
+        torch.testing.assert_close(embed(video, keep), visible, rtol=0, atol=1e-5)
+    assert (keep.diff(dim=1) > 0).all()  # ascending token order
+
+
+def test_checkpoint_keys_unchanged(tiny_kwargs):
+    model = build_pretrain_model("tiny", **tiny_kwargs)
+    keys = set(model.state_dict())
+    assert {"encoder.patch_embed.proj.weight", "encoder.patch_embed.proj.bias"} <= keys
+    assert not any("_orig_mod" in k for k in keys)
+
+
+def test_drop_path_takes_its_decisions_from_the_given_noise(tiny_kwargs, generator):
+    model = build_classifier("tiny", num_classes=3, drop_path_rate=0.5, **tiny_kwargs).train()
+    video = torch.randn(4, 3, 4, 32, 32, generator=generator)
+    noise = torch.rand(4, model.random_draws, generator=generator)
+    assert model.random_draws == 2 * len(model.blocks)
+    a, b = model(video, drop_noise=noise), model(video, drop_noise=noise)
+    torch.testing.assert_close(a, b)                       # no draw from the global generator
+    # a sample's output depends on its own row of noise only
+    torch.testing.assert_close(model(video[2:], drop_noise=noise[2:]), a[2:])
+    # noise >= keep probability drops every branch that has drop path: block 1 (rate 0.5) becomes
+    # the identity, block 0 (rate 0: stochastic depth grows linearly from 0) still runs
+    dropped = model(video, drop_noise=torch.ones_like(noise))
+    with torch.no_grad():
+        expected = model.head(model.fc_norm(model.blocks[0](model.embed(video)).mean(1)))
+    torch.testing.assert_close(dropped, expected)
+    assert build_classifier("tiny", num_classes=3, **tiny_kwargs).random_draws == 0

@@ -120,8 +120,9 @@ def test_a_strategy_of_your_own_trains_through_imports(tmp_path, synthetic_root,
     result = run_train(tmp_path / "run", synthetic_root, "TRAIN.MAX_STEPS", 2, "IMPORTS", tmp_path / "my_masks.py",
                        "MASK.TYPE", "all_but_first_slice")
     assert "masking: all_but_first_slice 0.9 -> 16 of 32 cubes masked per clip (grid 2x4x4)" in result.stdout
-    # one global batch of 4 per step, after one mask drawn to describe it and one to count FLOPs
-    assert (tmp_path / "calls.txt").read_text().split() == ["1", "1", "4", "4"]
+    # after one mask drawn to describe it and one to count FLOPs, a make()-only strategy is called
+    # once per row of the rank's own batch (its generator keyed by (SEED, step, row)): 4 rows x 2 steps
+    assert (tmp_path / "calls.txt").read_text().split() == ["1"] * (2 + 4 * 2)
     assert losses(tmp_path / "run")[0] > 0
 
 

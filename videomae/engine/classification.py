@@ -17,7 +17,7 @@ from .config import ConfigError
 from .data import build_dataset
 from .evaluation import classification_metrics, predict_dataset, test_report
 from .optim import param_groups
-from .tasks import StepContext, model_kwargs, normalize_on_device
+from .tasks import StepContext, drop_path_noise, model_kwargs, normalize_on_device
 
 
 def num_classes_of(cfg) -> int:
@@ -94,7 +94,7 @@ class ClassificationTask:
         target = batch["label"].to(engine.device)
         if self.mixup is not None:
             video, target = mix_clips(self.mixup, video, target)
-        logits = engine(video)
+        logits = engine(video, drop_noise=drop_path_noise(engine.module, ctx, video.shape[0], engine.device))
         return self.criterion(logits.float(), target), {}
 
     def after_step(self, trainer) -> None:

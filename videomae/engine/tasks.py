@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import timm
 import torch
 
-from ..masking import build_masking
+from ..masking import build_masking, validate_mask
 from ..models.targets import IMAGENET_MEAN, IMAGENET_STD
+from ..seeding import RowGenerator
 from .optim import param_groups
 
 
@@ -23,6 +24,24 @@ class StepContext:
     world: int
     accum: int
     seed: int
+    validate: bool = False  # check the drawn masks against the contract (the loop sets it on log steps)
+
+    def first_row(self, batch_size: int) -> int:
+        """Global row of this micro-batch's first clip: the sampler gives micro-step m of rank r
+        chunk `m * world + r` of the step's global batch."""
+        return (self.micro * self.world + self.rank) * batch_size
+
+    def rows(self, batch_size: int, stream: str, device=None) -> RowGenerator:
+        """The per-row generator of this micro-batch's global rows for one random stream."""
+        return RowGenerator.for_range(self.seed, self.step, self.first_row(batch_size), batch_size,
+                                      stream, device)
+
+
+def drop_path_noise(model, ctx: StepContext, batch_size: int, device) -> torch.Tensor | None:
+    """Per-sample drop-path draws (B, model.random_draws) from (SEED, step, global row), or None
+    when the model has no drop path."""
+    draws = model.random_draws
+    return ctx.rows(batch_size, "drop_path", device).uniform(draws) if draws else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,6 +79,7 @@ class PretrainTask:
         self.mask = build_masking(cfg.MASK.TYPE, cfg.MASK.RATIO)
         self.decoder_mask = build_masking(cfg.MASK.DECODER_TYPE, cfg.MASK.DECODER_RATIO) \
             if cfg.MASK.DECODER_TYPE else None
+        self._validated = False  # masks are checked on the first step, then when ctx.validate says
 
     def build_model(self) -> torch.nn.Module:
         m = self.cfg.MODEL
@@ -100,26 +120,34 @@ class PretrainTask:
         return (video, mask), {"decoder_mask": decoder_mask}
 
     def masks(self, model, clips_per_micro: int, ctx: StepContext, device):
-        """Masks for this micro-batch, cut from the masks of the whole global batch: one generator
-        per optimizer step, so a sample's mask does not depend on the world size. The global
-        masks are drawn once per step and reused by its accumulation micro-steps."""
-        total = clips_per_micro * ctx.world * ctx.accum
-        key = (ctx.step, total, tuple(model.grid_size))
-        if getattr(self, "_mask_key", None) != key:
-            generator = torch.Generator(device=device).manual_seed(ctx.seed * 1_000_003 + ctx.step)
-            mask = self.mask(total, model.grid_size, device=device, generator=generator)
-            decoder_mask = None
-            if self.decoder_mask is not None:
-                decoder_mask = self.decoder_mask(total, model.grid_size, device=device, generator=generator)
-            self._mask_key, self._masks = key, (mask, decoder_mask)
-        chunk = ctx.micro * ctx.world + ctx.rank
-        rows = slice(chunk * clips_per_micro, (chunk + 1) * clips_per_micro)
-        mask, decoder_mask = self._masks
-        return mask[rows], (decoder_mask[rows] if decoder_mask is not None else None)
+        """Masks of this micro-batch's own global rows, per the seeding protocol: each row's mask
+        depends on (SEED, step, row) only, so a rank draws O(local batch) whatever the world size.
+
+        Returns (mask, decoder_mask, num_masked, num_decoder_masked); the counts come from the
+        strategy (no device read) or, for a strategy that does not state one, from the mask. Masks
+        are validated on the first call and whenever `ctx.validate` is set."""
+        grid = tuple(model.grid_size)
+        check = ctx.validate or not self._validated
+        out = []
+        for strategy, stream in ((self.mask, "mask"), (self.decoder_mask, "decoder_mask")):
+            if strategy is None:
+                out += [None, None]
+                continue
+            mask = strategy.draw_rows(ctx.rows(clips_per_micro, stream, device), grid)
+            count = strategy.known_count(grid)
+            if check or count is None:
+                name = f"{stream} from masking strategy {strategy.name!r}"
+                count = validate_mask(mask, grid, name=name, expected=count)
+            out += [mask, count]
+        self._validated = True
+        mask, count, decoder_mask, decoder_count = out
+        return mask, decoder_mask, count, decoder_count
 
     def train_step(self, engine, batch: dict, ctx: StepContext):
         model = engine.module
         video = normalize_on_device(batch["video"], engine.device)
-        mask, decoder_mask = self.masks(model, video.shape[0], ctx, engine.device)
-        out = engine(video, mask, decoder_mask=decoder_mask)
+        mask, decoder_mask, count, decoder_count = self.masks(model, video.shape[0], ctx, engine.device)
+        noise = drop_path_noise(model, ctx, video.shape[0], engine.device)
+        out = engine(video, mask, decoder_mask=decoder_mask, num_masked=count,
+                     num_decoder_masked=decoder_count, drop_noise=noise)
         return out.loss, {}

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import torch
 
+from .. import seeding
 from . import checkpoint as ckpt
 from .config import ConfigError, save_config
 from .data import build_dataset, build_train_loader
@@ -278,11 +279,12 @@ class Trainer:
         lr = cosine_lr(self.step, max(self.total_steps, 1), self.warmup_steps, self.base_lr, self.min_lr,
                        self.warmup_lr)
         set_lr(self.engine.optimizer, lr)
-        # the same randomness (drop path, dropout) for a step whatever the world size
-        seed = cfg.SEED * 7919 + self.step * 131 + micro * 17 + info.rank
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)  # timm's mixup draws from NumPy
-        ctx = StepContext(self.step, micro, info.rank, info.world_size, accum, cfg.SEED)
+        # masks validated on the first step (the task's own rule) and on the steps that log
+        ctx = StepContext(self.step, micro, info.rank, info.world_size, accum, cfg.SEED,
+                          validate=(self.step + 1) % cfg.TRAIN.LOG_PERIOD == 0)
+        # dropout and mixup (NumPy) draw from global generators: seed them for this micro-batch's
+        # first global row, so a step's randomness does not depend on the world size
+        seeding.seed_global_rngs(cfg.SEED, self.step, ctx.first_row(batch["video"].shape[0]))
         with self.autocast:
             loss, _ = self.task.train_step(self.engine, batch, ctx)
         self.stats.add(loss)

@@ -27,12 +27,13 @@ class VideoClassifier(VideoEncoder):
                 self.head.weight.mul_(init_scale)
                 self.head.bias.mul_(init_scale)
 
-    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, video: torch.Tensor, drop_noise: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled clip feature (B, D): mean of all tokens, then fc_norm."""
-        x = super().forward(video)  # [B, N, D]
+        x = self.forward_tokens(video, None, drop_noise)  # [B, N, D]
         if self.fc_norm is not None:
             return self.fc_norm(x.mean(dim=1))
         return x.mean(dim=1)
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_dropout(self.forward_features(video)))  # [B, num_classes]
+    def forward(self, video: torch.Tensor, drop_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """drop_noise: (B, random_draws) per-sample drop-path draws (seeding protocol), or None."""
+        return self.head(self.head_dropout(self.forward_features(video, drop_noise)))  # [B, num_classes]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .masks import check_mask_layout, split_tokens
 from .pos_embed import build_pos_embed, resize_pos_embed
 from .tokenizer import CubeEmbed
 from .vit import Block, BlockStack
@@ -32,26 +33,12 @@ class EncoderConfig:
     grad_checkpointing: bool = False
 
 
-def check_mask(mask: torch.Tensor, batch_size: int, num_tokens: int, name: str = "mask") -> int:
-    """Validate a token mask (True = masked); return the number of masked tokens per sample."""
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"{name} must be a torch.bool tensor (True = masked), got {kind}; "
-                         "a 0/1 integer mask would index tokens instead of selecting them")
-    if tuple(mask.shape) != (batch_size, num_tokens):
-        raise ValueError(f"{name} must have shape (B, N) = ({batch_size}, {num_tokens}), "
-                         f"got {tuple(mask.shape)}")
-    counts = mask.sum(dim=1)
-    if batch_size and bool((counts != counts[0]).any()):
-        raise ValueError(f"every sample must mask the same number of tokens; {name} counts per "
-                         f"sample are {counts.tolist()}")
-    return int(counts[0]) if batch_size else 0
-
-
 class VideoEncoder(nn.Module):
     """Cube tokenizer + position embedding + blocks + final norm.
 
-    `forward(video, mask)` encodes only the visible tokens (mask True = masked).
+    `forward(video)` encodes every token; `forward(video, mask)` only the visible ones (mask True =
+    masked), embedding only their cubes. `drop_noise` (B, random_draws) carries the per-sample
+    drop-path draws of the seeding protocol (None: torch's global generator).
     """
 
     def __init__(self, cfg: EncoderConfig, final_norm: bool = True):
@@ -92,24 +79,34 @@ class VideoEncoder(nn.Module):
         pe.num_patches = t * s * s
         cfg.num_frames, cfg.img_size = num_frames or cfg.num_frames, img_size or cfg.img_size
 
-    def embed(self, video: torch.Tensor) -> torch.Tensor:
-        # the loader's float32 clip meets bf16/fp16 weights here; targets keep the float32 original
-        x = self.patch_embed(video.to(self.patch_embed.proj.weight.dtype))  # [B, N, D]
-        if x.shape[1] != self.num_patches:
-            raise ValueError(f"video of shape {tuple(video.shape)} gives {x.shape[1]} tokens, the model "
-                             f"was built for grid {self.grid_size} ({self.num_patches} tokens): pass "
+    @property
+    def random_draws(self) -> int:
+        """Columns of `drop_noise` a training forward uses (0 without drop path)."""
+        return self.blocks.random_draws
+
+    def embed(self, video: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens + position embedding: every token, or those at `ids` (B, n) ascending."""
+        t, p = self.cfg.tubelet_size, self.cfg.patch_size
+        (gt, gh, gw) = self.grid_size
+        if video.ndim != 5 or tuple(video.shape[2:]) != (gt * t, gh * p, gw * p):
+            raise ValueError(f"video of shape {tuple(video.shape)} does not fit the model, built for "
+                             f"(B, C, {gt * t}, {gh * p}, {gw * p}) clips (grid {self.grid_size}): pass "
                              "matching num_frames / img_size or resize the model's grid")
-        return self.pos_drop(x + self.pos_embed().to(x.dtype))
+        # the loader's float32 clip meets bf16/fp16 weights here; targets keep the float32 original
+        x = self.patch_embed(video.to(self.patch_embed.proj.weight.dtype), ids)  # [B, n, D]
+        pos = self.pos_embed().to(x.dtype)                                         # [1, N, D]
+        return self.pos_drop(x + (pos if ids is None else pos[0][ids]))
 
-    def forward(self, video: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, video: torch.Tensor, mask: torch.Tensor | None = None, num_masked: int | None = None,
+                drop_noise: torch.Tensor | None = None) -> torch.Tensor:
+        keep = None
         if mask is not None:
-            check_mask(mask, video.shape[0], self.num_patches)
-        return self.encode_visible(video, mask)
+            check_mask_layout(mask, video.shape[0], self.num_patches)
+            keep = split_tokens(mask, num_masked).keep
+        return self.forward_tokens(video, keep, drop_noise)
 
-    def encode_visible(self, video: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """`forward` for a mask the caller has already validated."""
-        x = self.embed(video)  # [B, N, D]
-        B, N, D = x.shape
-        if mask is not None:
-            x = x[~mask].reshape(B, -1, D)  # [B, N_visible, D], ascending token order
-        return self.norm(self.blocks(x))
+    def forward_tokens(self, video: torch.Tensor, keep: torch.Tensor | None = None,
+                       drop_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode the tokens at `keep` (B, N_vis), or all of them: [B, n, D]."""
+        x = self.embed(video, keep)
+        return self.norm(self.blocks(x, drop_noise))

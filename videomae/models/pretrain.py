@@ -8,7 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .encoder import EncoderConfig, VideoEncoder, check_mask
+from .encoder import EncoderConfig, VideoEncoder
+from .masks import TokenSplit, check_mask_layout, split_tokens
 from .pos_embed import build_pos_embed, resize_pos_embed
 from .targets import cube_targets, masked_mse
 from .vit import Block, BlockStack, init_linear_and_norm
@@ -54,6 +55,10 @@ class PretrainVideoMAE(nn.Module):
     With `decoder_mask` (VideoMAE V2 dual masking, True = not reconstructed) the decoder predicts
     only the tokens the decoder mask keeps, and the loss covers those among them that the encoder
     masked (tokens the encoder saw are not scored).
+
+    `num_masked` / `num_decoder_masked` (masked tokens per row, from the strategy) keep the forward
+    free of device reads, so it compiles as one graph; left out, they are read from the masks.
+    `drop_noise` (B, random_draws) holds the per-sample drop-path draws of the seeding protocol.
     """
 
     def __init__(self, cfg: PretrainConfig):
@@ -99,26 +104,43 @@ class PretrainVideoMAE(nn.Module):
     def targets(self, video: torch.Tensor) -> torch.Tensor:
         return cube_targets(video, self.tubelet_size, self.patch_size, normalize=self.cfg.norm_target)
 
-    def forward(self, video: torch.Tensor, mask: torch.Tensor,
-                decoder_mask: torch.Tensor | None = None) -> PretrainOutput:
+    @property
+    def random_draws(self) -> int:
+        return self.encoder.random_draws
+
+    def forward(self, video: torch.Tensor, mask: torch.Tensor, decoder_mask: torch.Tensor | None = None,
+                num_masked: int | None = None, num_decoder_masked: int | None = None,
+                drop_noise: torch.Tensor | None = None) -> PretrainOutput:
         B, N = video.shape[0], self.num_patches
-        check_mask(mask, B, N)
-        decoded = mask
+        check_mask_layout(mask, B, N)
         if decoder_mask is not None:
-            check_mask(decoder_mask, B, N, name="decoder_mask")
-            decoded = ~decoder_mask
-
-        latent = self.encoder.encode_visible(video, mask)  # [B, N_vis, D]
-        x_vis = self.encoder_to_decoder(latent)        # [B, N_vis, Dd]
-        Dd = x_vis.shape[-1]
-        pos = self.decoder_pos_embed().to(x_vis.dtype).expand(B, -1, -1)  # [B, N, Dd]
-        pos_vis = pos[~mask].reshape(B, -1, Dd)
-        pos_dec = pos[decoded].reshape(B, -1, Dd)      # [B, M, Dd], ascending token index
-        x = torch.cat([x_vis + pos_vis, self.mask_token.to(x_vis.dtype) + pos_dec], dim=1)
-        pred = self.decoder(x, pos_dec.shape[1])       # [B, M, tubelet*p*p*C]
-
-        with torch.no_grad():
-            target = self.targets(video)[decoded].reshape(B, pred.shape[1], -1)
-        weight = None if decoder_mask is None else mask[decoded].reshape(B, -1).float()
-        loss = masked_mse(pred, target, weight)
+            check_mask_layout(decoder_mask, B, N, name="decoder_mask")
+        split = split_tokens(mask, num_masked, decoder_mask, num_decoder_masked)
+        latent = self.forward_encoder(video, split, drop_noise)   # [B, N_vis, D]
+        pred = self.forward_decoder(latent, split)                # [B, M, tubelet*p*p*C]
+        # with dual masking only the predicted tokens the encoder did not see are scored
+        scored = None if decoder_mask is None else mask.gather(1, split.pred)
+        loss, target = self.forward_loss(video, pred, split, scored)
+        decoded = mask if decoder_mask is None else ~decoder_mask
         return PretrainOutput(loss=loss, pred=pred, target=target, decoded=decoded)
+
+    def forward_encoder(self, video: torch.Tensor, split: TokenSplit,
+                        drop_noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder.forward_tokens(video, split.keep, drop_noise)  # [B, N_vis, D]
+
+    def forward_decoder(self, latent: torch.Tensor, split: TokenSplit) -> torch.Tensor:
+        x_vis = self.encoder_to_decoder(latent)                    # [B, N_vis, Dd]
+        pos = self.decoder_pos_embed().to(x_vis.dtype)[0]          # [N, Dd]
+        x = torch.cat([x_vis + pos[split.keep],
+                       self.mask_token.to(x_vis.dtype) + pos[split.pred]], dim=1)  # [B, N_vis + M, Dd]
+        return self.decoder(x, split.pred.shape[1])                # [B, M, out]
+
+    def forward_loss(self, video: torch.Tensor, pred: torch.Tensor, split: TokenSplit,
+                     scored: torch.Tensor | None = None):
+        """MSE against the predicted tokens' targets (only those cubes are cut out); `scored` (B, M)
+        bool selects the tokens that count. Returns (loss, target)."""
+        with torch.no_grad():
+            target = cube_targets(video, self.tubelet_size, self.patch_size,
+                                  normalize=self.cfg.norm_target, ids=split.pred)  # [B, M, out]
+        loss = masked_mse(pred, target, None if scored is None else scored.float())
+        return loss, target

@@ -15,14 +15,19 @@ def unnormalize(video: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> to
     return video.float() * std_t + mean_t
 
 
-def patchify(pixels: torch.Tensor, tubelet_size: int, patch_size: int) -> torch.Tensor:
+def patchify(pixels: torch.Tensor, tubelet_size: int, patch_size: int,
+             ids: torch.Tensor | None = None) -> torch.Tensor:
     """(B, C, T, H, W) -> (B, N, tubelet*p*p, C): tokens in raster order (t, h, w), the pixels of
-    each cube in (dt, dy, dx) order with channel last."""
+    each cube in (dt, dy, dx) order with channel last. With `ids` (B, M), only those tokens."""
     B, C, T, H, W = pixels.shape
     t, p = tubelet_size, patch_size
-    x = pixels.reshape(B, C, T // t, t, H // p, p, W // p, p)
+    gt, gh, gw = T // t, H // p, W // p
+    x = pixels.reshape(B, C, gt, t, gh, p, gw, p)
     x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # B, T', H', W', dt, dy, dx, C
-    return x.reshape(B, (T // t) * (H // p) * (W // p), t * p * p, C)
+    if ids is None:
+        return x.reshape(B, gt * gh * gw, t * p * p, C)
+    batch = torch.arange(B, device=ids.device)[:, None]
+    return x[batch, ids // (gh * gw), (ids // gw) % gh, ids % gw].reshape(B, ids.shape[1], t * p * p, C)
 
 
 def unpatchify(cubes: torch.Tensor, grid, tubelet_size: int, patch_size: int, channels: int = 3):
@@ -36,13 +41,16 @@ def unpatchify(cubes: torch.Tensor, grid, tubelet_size: int, patch_size: int, ch
 
 
 def cube_targets(video: torch.Tensor, tubelet_size: int, patch_size: int,
-                 normalize: bool = True, eps: float = 1e-6) -> torch.Tensor:
-    """Targets for every token, (B, N, tubelet*p*p*C), float32.
+                 normalize: bool = True, eps: float = 1e-6, ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Targets for every token, or for the tokens `ids` (B, M): (B, M, tubelet*p*p*C), float32.
 
     With `normalize`, each cube is normalized per channel by its own mean and unbiased std,
     `(x - mean) / (std + eps)`; otherwise the targets are the [0, 1] pixels.
     """
-    cubes = patchify(unnormalize(video), tubelet_size, patch_size)  # B, N, P, C
+    cubes = patchify(video.float(), tubelet_size, patch_size, ids)  # B, M, P, C (still normalized)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=video.device)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=video.device)
+    cubes = cubes * std + mean  # un-normalize to [0, 1]; channel is the last dim here
     if normalize:
         mean = cubes.mean(dim=-2, keepdim=True)
         std = cubes.var(dim=-2, unbiased=True, keepdim=True).sqrt()

@@ -8,18 +8,27 @@ from torch.utils.checkpoint import checkpoint
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: drop the residual branch per sample."""
+    """Stochastic depth: drop the residual branch per sample.
+
+    `forward(x, noise)` takes each sample's keep decision from `noise` (B,) uniforms in [0, 1) --
+    drawn per the seeding protocol from (SEED, step, global row), so the decision does not depend on
+    the world size or on accumulation. Without `noise` it draws from torch's global generator.
+    """
 
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
         self.drop_prob = drop_prob
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         if self.drop_prob == 0.0 or not self.training:
             return x
         keep = 1.0 - self.drop_prob
-        noise = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * noise / keep
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        if noise is None:
+            kept = x.new_empty(shape).bernoulli_(keep)
+        else:
+            kept = (noise < keep).to(x.dtype).view(shape)
+        return x * kept / keep
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
@@ -91,12 +100,18 @@ class Block(nn.Module):
         else:
             self.gamma_1 = self.gamma_2 = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, N, D]; noise: [B, 2] per-sample uniforms for the two drop-path decisions, or None."""
+        dropping = noise is not None and isinstance(self.drop_path, DropPath)
+        n1, n2 = (noise[:, 0], noise[:, 1]) if dropping else (None, None)
         if self.gamma_1 is None:
-            x = x + self.drop_path(self.attn(self.norm1(x)))
-            return x + self.drop_path(self.mlp(self.norm2(x)))
-        x = x + self.drop_path(self.gamma_1 * self.attn(self.norm1(x)))
-        return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
+            x = x + self._drop_path(self.attn(self.norm1(x)), n1)
+            return x + self._drop_path(self.mlp(self.norm2(x)), n2)
+        x = x + self._drop_path(self.gamma_1 * self.attn(self.norm1(x)), n1)
+        return x + self._drop_path(self.gamma_2 * self.mlp(self.norm2(x)), n2)
+
+    def _drop_path(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        return self.drop_path(x, noise) if isinstance(self.drop_path, DropPath) else x
 
 
 class BlockStack(nn.ModuleList):
@@ -110,12 +125,20 @@ class BlockStack(nn.ModuleList):
         super().__init__(blocks)
         self.grad_checkpointing = grad_checkpointing
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self:
+    @property
+    def random_draws(self) -> int:
+        """Per-sample uniforms one forward consumes: two per block (attention and MLP branch) when
+        any block has drop path, else 0."""
+        return 2 * len(self) if any(isinstance(b.drop_path, DropPath) for b in self) else 0
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, N, D]; noise: [B, random_draws] uniforms (see DropPath), or None."""
+        for i, block in enumerate(self):
+            block_noise = None if noise is None else noise[:, 2 * i:2 * i + 2]
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, block_noise, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, block_noise)
         return x
 
 
