@@ -233,3 +233,42 @@ def test_real_full_disk(tmp_path):
     finally:
         if subprocess.run(["umount", str(mnt)], capture_output=True).returncode:
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_lock_of_another_host_is_respected_unless_broken_or_the_same_slurm_job(tmp_path, monkeypatch):
+    from videomae.engine.run_folder import RunLock, RunLocked
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    other = {"host": "elsewhere", "pid": 1, "time": "2024-01-01 00:00:00", "slurm_job": "77", "restart": "0"}
+    (tmp_path / "run.lock").write_text(json.dumps(other))
+    with pytest.raises(RunLocked, match=r"in use by another run \(pid 1 on elsewhere.*remove .*run.lock or set "
+                                        r"TRAIN.BREAK_LOCK True"):
+        RunLock(str(tmp_path)).acquire()
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # the same job, requeued: its first start is over
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    lock = RunLock(str(tmp_path))
+    assert "earlier start of SLURM job 77" in lock.acquire()
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / "run.lock").exists()
+    (tmp_path / "run.lock").write_text(json.dumps({**other, "slurm_job": "78"}))
+    assert "TRAIN.BREAK_LOCK" in RunLock(str(tmp_path), break_lock=True).acquire()
+
+
+def test_config_diff_allowlist_and_global_batch():
+    from videomae.engine.config import load_config
+    from videomae.engine.run_folder import config_changes
+
+    old = load_config(None, ["TRAIN.BATCH_SIZE", "8", "TRAIN.ACCUM_STEPS", "2"])
+    # an older config.yaml without today's keys: they count as their defaults
+    saved = "\n".join(line for line in old.dump().splitlines() if "DIVERGENCE" not in line and "SCHEDULE" not in line)
+    same_batch = load_config(None, ["TRAIN.BATCH_SIZE", "4", "TRAIN.ACCUM_STEPS", "1", "DATA.NUM_WORKERS", "2",
+                                    "TRAIN.MAX_STEPS", "5", "LOG.TENSORBOARD", "False", "OUTPUT_DIR", "elsewhere"])
+    assert config_changes(saved, same_batch, saved_world_size=2, world_size=8) == []
+    changed = load_config(None, ["TRAIN.BATCH_SIZE", "8", "TRAIN.ACCUM_STEPS", "2", "TRAIN.SCHEDULE_STEPS", "100",
+                                 "DATA.ROOT", "/fast/ssd"])
+    assert config_changes(saved, changed, 2, 2) == ["DATA.ROOT '' -> '/fast/ssd'", "TRAIN.SCHEDULE_STEPS 0 -> 100"]
+    assert config_changes(saved, changed, 2, 4)[-1].endswith("8 x 2 x 2 = 32 -> 8 x 2 x 4 = 64")
+    accepted = load_config(None, ["TRAIN.BATCH_SIZE", "8", "TRAIN.ACCUM_STEPS", "2", "DATA.ROOT", "/fast/ssd",
+                                  "TRAIN.ALLOW_CHANGES", "DATA.ROOT"])
+    assert config_changes(saved, accepted, 2, 2) == []

@@ -6,7 +6,8 @@ and write failures (disk full, read-only folder) told as one line naming the pat
 The lock is created with a hard link (atomic, and it fails when the name exists, also on NFS), so
 two starters cannot both win. A lock whose process is gone on this host is stale and taken over; a
 lock from another host cannot be checked from here and is respected until that run ends, the file is
-removed, or `TRAIN.BREAK_LOCK True` takes it.
+removed, or `TRAIN.BREAK_LOCK True` takes it -- except that a requeued SLURM job takes over the lock
+of its own earlier start (same job id, another restart count), wherever that ran.
 """
 from __future__ import annotations
 
@@ -158,6 +159,18 @@ def _read_lock(path: str) -> dict | None:
     return holder if isinstance(holder, dict) else {}
 
 
+def _slurm_start() -> dict:
+    """This SLURM job and how often it was requeued: one job never runs twice at the same time,
+    so a lock of the same job from an earlier start is stale wherever that start ran."""
+    env = os.environ
+    job = env.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return {"slurm_job": job, "restart": env.get("SLURM_RESTART_COUNT", "0")}
+
+
 class RunLock:
     def __init__(self, out_dir: str, break_lock: bool = False):
         self.path = os.path.join(out_dir, LOCK_NAME)
@@ -167,7 +180,7 @@ class RunLock:
     def acquire(self) -> str:
         """Take the lock; returns a note for the log ("" or what was taken over)."""
         me = {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
-              "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "time": time.strftime("%Y-%m-%d %H:%M:%S"), **_slurm_start()}
         tmp = temp_name(self.path)
         with writing("the run lock", self.path, cleanup=(tmp,)):
             with open(tmp, "w") as handle:
@@ -210,6 +223,10 @@ class RunLock:
             if self.break_lock:
                 return f"took over the unreadable lock {self.path} (TRAIN.BREAK_LOCK)"
             self._refuse(holder)
+        slurm = _slurm_start()
+        if slurm and holder.get("slurm_job") == slurm["slurm_job"] and holder.get("restart") != slurm["restart"]:
+            # a requeued job may start on another host while its killed first start left the lock
+            return f"took over the lock of an earlier start of SLURM job {slurm['slurm_job']} (pid {pid} on {host})"
         if host == socket.gethostname() and isinstance(pid, int):
             if pid == os.getpid():
                 return ""  # this process ran here before (several runs in one process)

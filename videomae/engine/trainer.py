@@ -162,7 +162,7 @@ class Trainer:
         if self.info.is_main:
             try:
                 outcome = self._prepare_run_folder_main()
-            except (RunFolderError, ConfigError) as err:
+            except Exception as err:  # the other ranks wait for the outcome: tell them, then stop too
                 if self.info.world_size == 1:
                     raise
                 outcome = (type(err).__name__, str(err))
