@@ -93,7 +93,7 @@ class Trainer:
         for note in notes:
             self.log.info(note)
         if self.info.is_main and self.log.dropped:
-            self.log.info(f"metrics.jsonl: dropped {self.log.dropped} row(s) after step {resume_step}, which runs again")
+            self.log.info(f"metrics.jsonl: dropped {self.log.dropped} row(s) after step {resume_step} (they run again)")
         seed_everything(cfg.SEED + self.info.rank)
 
         self.train_set = build_dataset(cfg, task.train_split, log_dir=self.out_dir)
