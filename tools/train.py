@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     from videomae.convert.formats import CheckpointError
     from videomae.data import TooManyBadVideos
     from videomae.data.annotations import AnnotationError
-    from videomae.engine.trainer import NonFiniteLoss, Trainer
+    from videomae.engine.run_folder import RunFolderError
+    from videomae.engine.trainer import Diverged, NonFiniteLoss, Trainer
 
     try:
         trainer = Trainer(cfg, build_task(cfg))
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    except (AnnotationError, CheckpointError, TooManyBadVideos, NonFiniteLoss) as err:
+    except (AnnotationError, CheckpointError, TooManyBadVideos, NonFiniteLoss, Diverged, RunFolderError) as err:
         # the user's data, checkpoint or recipe needs fixing: one message, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -4,10 +4,14 @@ fp32 weights (`model.pt`, official VideoMAE key names, loadable with `weights_on
 Layout under OUTPUT_DIR/checkpoints:
     step_00000120/        DeepSpeed's files + COMPLETE (written after every rank finished)
     LATEST                tag of the newest complete checkpoint (written with os.replace)
-A job killed mid-save leaves a tag folder without COMPLETE, which resume ignores.
+A job killed mid-save leaves a tag folder without COMPLETE, which resume ignores and the next start
+removes (`remove_incomplete`). A save first checks the free space (the previous checkpoint's size, or
+an estimate from the model), and a write that fails (disk full, read-only, quota) removes what it
+wrote and stops the run with one line naming the folder and the cause, on every rank.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +22,7 @@ import sys
 import torch
 
 from .distributed import barrier
+from .run_folder import DiskFault, check_free_space, disk_fault, format_bytes, is_temp_name, temp_name, writing
 
 MARKER, LATEST = "COMPLETE", "LATEST"
 
@@ -27,29 +32,116 @@ def tag_for(step: int) -> str:
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    tmp = temp_name(path)
+    with writing("the checkpoint marker", path, cleanup=(tmp,)):
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+
+def folder_bytes(path: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(root, name))
+    return total
+
+
+def estimate_bytes(engine, ckpt_dir: str) -> int:
+    """What the next checkpoint will take: the last one's size, or before the first one the fp32
+    weights four times over (weights, AdamW's two moments, and ZeRO's fp32 master copy)."""
+    tag = latest_tag(ckpt_dir)
+    if tag is not None:
+        return folder_bytes(os.path.join(ckpt_dir, tag))
+    return 4 * sum(p.numel() * 4 for p in engine.module.parameters())
+
+
+def _agree(error: str | None) -> str | None:
+    """Every rank learns whether any rank failed (the first message), so all stop together."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return error
+    errors = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(errors, error)
+    return next((e for e in errors if e), None)
+
+
+def _write_failure(err: Exception, path: str) -> str | None:
+    """One line for a failed checkpoint write, or None when `err` is not one. torch's zip writer
+    reports a full disk as `unexpected pos ...` or `file write failed`, without errno or path."""
+    if isinstance(err, OSError):
+        return str(disk_fault(err, "checkpoint", path))
+    text = str(err)
+    if isinstance(err, RuntimeError) and ("unexpected pos" in text or "write failed" in text
+                                          or "PytorchStreamWriter" in text):
+        probe = path if os.path.exists(path) else os.path.dirname(path)
+        free = shutil.disk_usage(probe).free if os.path.exists(probe) else 0
+        cause = ("no space left on the device (disk full)" if free < 64 * 2**20
+                 else f"the write failed ({format_bytes(free)} free; {text.strip().splitlines()[-1][:120]})")
+        return f"cannot write checkpoint {path}: {cause}"
+    return None
 
 
 def save(engine, ckpt_dir: str, step: int, client_state: dict, is_main: bool, keep: int = 2,
          world_size: int = 1) -> str:
     tag = tag_for(step)
-    os.makedirs(ckpt_dir, exist_ok=True)
-    engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
-    barrier()  # every rank's shard is on disk before the checkpoint is declared complete
+    folder = os.path.join(ckpt_dir, tag)
+    error = None
+    if is_main:
+        try:
+            with writing("checkpoints in", ckpt_dir):
+                os.makedirs(ckpt_dir, exist_ok=True)
+                check_free_space(ckpt_dir, int(estimate_bytes(engine, ckpt_dir) * 1.05), f"checkpoint {tag}")
+                # rewriting a tag (same step again): it is not complete until this save is
+                if os.path.exists(os.path.join(folder, MARKER)):
+                    os.remove(os.path.join(folder, MARKER))
+        except DiskFault as err:
+            error = str(err)
+    error = _agree(error)
+    if error:
+        raise DiskFault(error)
+    try:
+        engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
+    except (OSError, RuntimeError) as err:
+        error = _write_failure(err, folder)
+        if error is None:
+            raise
+    # every rank's shard is on disk (or failed) before the checkpoint is declared complete
+    error = _agree(error)
+    if error:
+        if is_main:  # what the failed save wrote would only take the space a retry needs
+            shutil.rmtree(folder, ignore_errors=True)
+        barrier()
+        raise DiskFault(error)
     if is_main:
         facts = {"step": step, "world_size": world_size, "zero_stage": engine.zero_optimization_stage()}
-        _atomic_write_text(os.path.join(ckpt_dir, tag, MARKER), json.dumps(facts) + "\n")
+        _atomic_write_text(os.path.join(folder, MARKER), json.dumps(facts) + "\n")
         _atomic_write_text(os.path.join(ckpt_dir, LATEST), tag)
         for old in complete_tags(ckpt_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(os.path.join(ckpt_dir, old), ignore_errors=True)
             shutil.rmtree(os.path.join(ckpt_dir, f"{old}_universal"), ignore_errors=True)
     barrier()
-    return os.path.join(ckpt_dir, tag)
+    return folder
+
+
+def remove_incomplete(ckpt_dir: str) -> list[str]:
+    """At start, before resuming (rank 0, holding the run lock): tag folders a killed save left
+    without COMPLETE, and temp files of killed writes. Returns what was removed."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    removed = []
+    for name in sorted(os.listdir(ckpt_dir)):
+        path = os.path.join(ckpt_dir, name)
+        if re.fullmatch(r"step_\d{8}(_universal)?", name) and os.path.isdir(path) \
+                and not os.path.exists(os.path.join(path, MARKER)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(name)
+        elif is_temp_name(name) and os.path.isfile(path):
+            os.remove(path)
+            removed.append(name)
+    return removed
 
 
 def complete_tags(ckpt_dir: str) -> list[str]:
@@ -135,6 +227,17 @@ def fp32_state_dict(engine, ckpt_dir: str | None = None, tag: str | None = None)
 
 def save_model_file(state_dict: dict, path: str, extra: dict | None = None) -> None:
     """`{"model": state_dict, ...}` written atomically; plain tensors, ints and strings only."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save({"model": {k: v.contiguous() for k, v in state_dict.items()}, **(extra or {})}, tmp)
-    os.replace(tmp, path)
+    tmp = temp_name(path)
+    needed = sum(v.numel() * v.element_size() for v in state_dict.values())
+    with writing("the weights", path, cleanup=(tmp,)):
+        check_free_space(os.path.dirname(os.path.abspath(path)), int(needed * 1.05) + 2**20, "model.pt")
+        try:
+            torch.save({"model": {k: v.contiguous() for k, v in state_dict.items()}, **(extra or {})}, tmp)
+        except RuntimeError as err:
+            message = _write_failure(err, path)
+            if message is None:
+                raise
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise DiskFault(message.replace("checkpoint", "the weights", 1)) from None
+        os.replace(tmp, path)

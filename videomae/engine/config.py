@@ -73,7 +73,10 @@ C.TRAIN = CfgNode()
 C.TRAIN.BATCH_SIZE = 32              # videos per process per micro-step
 C.TRAIN.ACCUM_STEPS = 1
 C.TRAIN.EPOCHS = 800
-C.TRAIN.MAX_STEPS = 0                # > 0: stop after this many optimizer steps (smoke runs, demos)
+C.TRAIN.MAX_STEPS = 0                # > 0: stop after this many optimizer steps; the schedule is unchanged,
+                                     # so a run stopped here and resumed equals one that did not stop
+C.TRAIN.SCHEDULE_STEPS = 0           # > 0: the lr schedule's length (and the run's) in optimizer steps, for
+                                     # schedules shorter than TRAIN.EPOCHS; 0 = TRAIN.EPOCHS x steps per epoch
 C.TRAIN.WARMUP_EPOCHS = 40
 C.TRAIN.BASE_LR = 1.5e-4             # lr = BASE_LR x total batch / 256
 C.TRAIN.MIN_LR = 1e-5                # also scaled by total batch / 256
@@ -96,6 +99,10 @@ C.TRAIN.CKPT_STEPS = 0               # > 0: also every this many steps
 C.TRAIN.KEEP_CHECKPOINTS = 2
 C.TRAIN.EVAL_PERIOD = 1              # epochs between validations (classification)
 C.TRAIN.AUTO_RESUME = True
+C.TRAIN.DIVERGENCE_FACTOR = 10.0     # stop when the loss of a log step is above this x the running median of
+C.TRAIN.DIVERGENCE_PATIENCE = 3      # the log steps' losses for this many log steps in a row; 0 = off
+C.TRAIN.BREAK_LOCK = False           # take OUTPUT_DIR's run.lock even if another host's run holds it
+C.TRAIN.ALLOW_CHANGES = ""           # keys a resumed run may change beyond the allowlist, comma-separated
 
 C.DEEPSPEED = CfgNode()
 C.DEEPSPEED.ZERO_STAGE = 1
@@ -325,7 +332,13 @@ def _stored_config_text(path: str) -> str:
 
 
 def save_config(cfg: CfgNode, path: str | os.PathLike) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
-        handle.write(cfg.dump())
-    os.replace(tmp, path)
+    """Written atomically under a temp name of this process's own (two starters never share one);
+    a failed write is one line naming the path and the cause."""
+    from .run_folder import temp_name, writing
+
+    path = os.fspath(path)
+    tmp = temp_name(path)
+    with writing("the config", path, cleanup=(tmp,)):
+        with open(tmp, "w") as handle:
+            handle.write(cfg.dump())
+        os.replace(tmp, path)

@@ -1,4 +1,9 @@
-"""Run logs: JSON lines (`metrics.jsonl`), TensorBoard scalars, a progress bar -- rank 0 only."""
+"""Run logs: JSON lines (`metrics.jsonl`), TensorBoard scalars, a progress bar -- rank 0 only.
+
+`metrics.jsonl` holds one row per (type, step). A resumed run replays the steps after its checkpoint,
+so on start the rows beyond that step are dropped (the file is rewritten atomically) and TensorBoard
+hides its events from there on (`purge_step`); `read_metrics` also keeps only the last row per
+(type, step), for files written before this rule or cut short in between."""
 from __future__ import annotations
 
 import json
@@ -7,25 +12,65 @@ import sys
 import time
 
 
+def keep_metrics_through(path: str, step: int) -> int:
+    """Drop the rows of steps after `step` (they are about to be replayed); returns how many."""
+    from .run_folder import temp_name, writing
+
+    if not os.path.exists(path):
+        return 0
+    with open(path) as handle:
+        lines = [line for line in handle if line.strip()]
+    kept = [line for line in lines if _row_step(line) <= step]
+    if len(kept) == len(lines):
+        return 0
+    tmp = temp_name(path)
+    with writing("the metrics", path, cleanup=(tmp,)):
+        with open(tmp, "w") as handle:
+            handle.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+def _row_step(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except (ValueError, AttributeError):
+        return float("inf")  # a line cut short by a kill: drop it with the replayed ones
+
+
 class RunLogger:
-    def __init__(self, out_dir: str, enabled: bool, tensorboard: bool = True, progress: bool = True):
+    def __init__(self, out_dir: str, enabled: bool, tensorboard: bool = True, progress: bool = True,
+                 resume_step: int | None = None):
+        """`resume_step`: the step the run continues from (0 for a fresh start): rows and
+        TensorBoard events of later steps are dropped, since those steps run again."""
+        from .run_folder import writing
+
         self.enabled, self.show_progress = enabled, progress and enabled
         self._jsonl = self._tb = self._bar = self._lines = None
         if not enabled:
             return
-        os.makedirs(out_dir, exist_ok=True)
-        self._jsonl = open(os.path.join(out_dir, "metrics.jsonl"), "a", buffering=1)
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        with writing("the metrics", self.path):
+            os.makedirs(out_dir, exist_ok=True)
+            self.dropped = keep_metrics_through(self.path, resume_step) if resume_step is not None else 0
+            self._jsonl = open(self.path, "a", buffering=1)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+                purge = resume_step + 1 if resume_step is not None else None
+                with writing("TensorBoard events in", os.path.join(out_dir, "tensorboard")):
+                    self._tb = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=purge)
             except ImportError:  # tensorboard is a dependency, but a lean install still trains
                 self._tb = None
 
     def record(self, kind: str, step: int, **values) -> None:
         if not self.enabled:
             return
-        self._jsonl.write(json.dumps({"type": kind, "step": step, "time": round(time.time(), 3), **values}) + "\n")
+        from .run_folder import writing
+
+        with writing("the metrics", self.path):
+            self._jsonl.write(json.dumps({"type": kind, "step": step, "time": round(time.time(), 3), **values})
+                              + "\n")
         if self._tb is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and key not in ("epoch",):
@@ -116,6 +161,9 @@ def format_seconds(seconds: float) -> str:
 
 
 def read_metrics(path: str, kind: str | None = None) -> list[dict]:
+    """The rows of `kind` (all kinds when None), the last one per (type, step), in file order."""
     with open(path) as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
-    return [r for r in rows if kind is None or r["type"] == kind]
+    last = {(r["type"], r.get("step")): i for i, r in enumerate(rows)}
+    return [r for i, r in enumerate(rows) if last[(r["type"], r.get("step"))] == i
+            and (kind is None or r["type"] == kind)]

@@ -2,8 +2,10 @@
 preemption, logs. Tasks (pretraining, fine-tuning, linear probing) plug in model and loss."""
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import statistics
 import time
 
 import numpy as np
@@ -19,12 +21,23 @@ from .flops import peak_flops, train_flops_per_clip
 from .optim import build_optimizer, cosine_lr, set_lr
 from .plain import PlainEngine
 from .preemption import Preemption, requeue_slurm_job
+from .run_folder import (ConfigChanged, DiskFault, RunFolderError, RunLock, RunLocked, check_resume_config,
+                         remove_temp_files, writing)
 from .step_stats import PreemptionVote, StepStats, innermost_optimizer, skips_on_device
 from .tasks import StepContext
 
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class Diverged(RuntimeError):
+    """The loss stayed far above its running median: the run stops at the last good checkpoint."""
+
+
+# the running median of the divergence check: the last this many log steps that were not suspect,
+# and at least this many before it judges
+DIVERGENCE_WINDOW, DIVERGENCE_MIN_HISTORY = 20, 3
 
 
 # dynamic loss scaling for fp16: start at 2^16, halve on an overflow (the step is skipped), double
@@ -73,11 +86,15 @@ class Trainer:
 
         self.out_dir = cfg.OUTPUT_DIR
         self.ckpt_dir = os.path.join(self.out_dir, "checkpoints")
-        if self.info.is_main:
-            os.makedirs(self.out_dir, exist_ok=True)
-            save_config(cfg, os.path.join(self.out_dir, "config.yaml"))
+        self.lock = RunLock(self.out_dir, cfg.TRAIN.BREAK_LOCK) if self.info.is_main else None
+        resume_step, notes = self._prepare_run_folder()
         barrier()
-        self.log = RunLogger(self.out_dir, self.info.is_main, cfg.LOG.TENSORBOARD, cfg.LOG.PROGRESS)
+        self.log = RunLogger(self.out_dir, self.info.is_main, cfg.LOG.TENSORBOARD, cfg.LOG.PROGRESS,
+                             resume_step=resume_step)
+        for note in notes:
+            self.log.info(note)
+        if self.info.is_main and self.log.dropped:
+            self.log.info(f"metrics.jsonl: dropped {self.log.dropped} row(s) after step {resume_step} (they run again)")
         seed_everything(cfg.SEED + self.info.rank)
 
         self.train_set = build_dataset(cfg, task.train_split, log_dir=self.out_dir)
@@ -109,6 +126,11 @@ class Trainer:
             if not self.engine.is_compiled:
                 raise RuntimeError("MODEL.COMPILE is set but DeepSpeed did not compile the model")
             self.log.info("torch.compile: on; the first steps take longer while it compiles")
+        self.schedule_steps = cfg.TRAIN.SCHEDULE_STEPS or cfg.TRAIN.EPOCHS * self.steps_per_epoch
+        if self.schedule_steps > cfg.TRAIN.EPOCHS * self.steps_per_epoch:
+            raise ConfigError(f"TRAIN.SCHEDULE_STEPS {cfg.TRAIN.SCHEDULE_STEPS} is longer than TRAIN.EPOCHS x steps "
+                              f"per epoch = {cfg.TRAIN.EPOCHS} x {self.steps_per_epoch}; raise TRAIN.EPOCHS or "
+                              "leave TRAIN.SCHEDULE_STEPS at 0")
         self.total_steps = self._total_steps()
         self.warmup_steps = cfg.TRAIN.WARMUP_EPOCHS * self.steps_per_epoch
         self.preemption = Preemption()
@@ -123,10 +145,68 @@ class Trainer:
         self.step = 0           # optimizer steps done
         self.epoch = 0
         self.step_in_epoch = 0
+        self.loss_history: list[float] = []   # log steps' losses for the divergence check
+        self.diverging: dict | None = None     # while log steps' losses are above the limit
 
     def _total_steps(self) -> int:
-        total = self.cfg.TRAIN.EPOCHS * self.steps_per_epoch
+        """Where this run stops: the schedule's end, or TRAIN.MAX_STEPS before it. MAX_STEPS does
+        not change the schedule (`self.schedule_steps`), so stopping and resuming equals not stopping."""
+        total = self.schedule_steps
         return min(total, self.cfg.TRAIN.MAX_STEPS) if self.cfg.TRAIN.MAX_STEPS > 0 else total
+
+    # -- the run folder ---------------------------------------------------------------------------
+    def _prepare_run_folder(self) -> tuple[int, list[str]]:
+        """Rank 0, before anything is written: take the lock, remove what killed saves left, refuse
+        a resume with another recipe, then write config.yaml. Every rank gets the same outcome (and
+        the same exception). Returns the step the run continues from and notes for the log."""
+        outcome = None
+        if self.info.is_main:
+            try:
+                outcome = self._prepare_run_folder_main()
+            except Exception as err:  # the other ranks wait for the outcome: tell them, then stop too
+                if self.info.world_size == 1:
+                    raise
+                outcome = (type(err).__name__, str(err))
+                self._share(outcome)
+                raise
+        outcome = self._share(outcome)
+        if isinstance(outcome[0], str):  # rank 0 refused: the same exception here
+            kinds = {c.__name__: c for c in (RunLocked, DiskFault, ConfigChanged, RunFolderError, ConfigError)}
+            raise kinds.get(outcome[0], RunFolderError)(outcome[1])
+        return outcome
+
+    def _share(self, outcome):
+        """Rank 0's `outcome` on every rank (one object broadcast, at start only)."""
+        if self.info.world_size == 1:
+            return outcome
+        box = [outcome]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _prepare_run_folder_main(self) -> tuple[int, list[str]]:
+        cfg, notes = self.cfg, []
+        with writing("the run folder", self.out_dir):
+            os.makedirs(self.out_dir, exist_ok=True)
+        taken = self.lock.acquire()
+        atexit.register(self.lock.release)  # also on errors; fit() releases it when it returns
+        if taken:
+            notes.append(f"{self.out_dir}: {taken}")
+        removed = ckpt.remove_incomplete(self.ckpt_dir) + remove_temp_files(self.out_dir)
+        if removed:
+            notes.append(f"removed what interrupted writes left in {self.out_dir}: {', '.join(removed)}")
+        tag = ckpt.latest_tag(self.ckpt_dir) if cfg.TRAIN.AUTO_RESUME else None
+        resume_step = 0
+        if tag is not None:
+            facts = ckpt.checkpoint_facts(self.ckpt_dir, tag)
+            check_resume_config(self.out_dir, cfg, facts.get("world_size", self.info.world_size),
+                                self.info.world_size, tag)
+            resume_step = facts.get("step", 0)
+        save_config(cfg, os.path.join(self.out_dir, "config.yaml"))
+        return resume_step, notes
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     # -- checkpoints ------------------------------------------------------------------------------
     def client_state(self) -> dict:
@@ -137,9 +217,14 @@ class Trainer:
                 # lets deepspeed.checkpoint.ds_to_universal convert it for another world size
                 UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
 
-    def save_checkpoint(self) -> str:
+    def save_checkpoint(self) -> str | None:
+        """Save unless the loss is not finite or diverging since the last good point (then None)."""
         if self.stats.pending_non_finite():  # a skipped step since the last log: stop, write nothing
             self._raise_non_finite(self.step)
+        suspect = self._diverging_now()
+        if suspect:
+            self.log.info(f"checkpoint at step {self.step} not written: {suspect}")
+            return None
         path = ckpt.save(self.engine, self.ckpt_dir, self.step, self.client_state(), self.info.is_main,
                          keep=self.cfg.TRAIN.KEEP_CHECKPOINTS, world_size=self.info.world_size)
         self.log.info(f"checkpoint: {path}")
@@ -187,6 +272,12 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        finally:
+            self.release()
+
+    def _fit(self) -> dict:
         self.maybe_resume()
         cfg, info = self.cfg, self.info
         self.log.info(f"{self.task.name}: {len(self.train_set)} videos, {self.steps_per_epoch} steps/epoch, "
@@ -202,7 +293,8 @@ class Trainer:
             if epoch_done:  # (a MAX_STEPS stop mid-epoch resumes inside the same epoch)
                 self.epoch, self.step_in_epoch = self.epoch + 1, 0
             done = self.step >= self.total_steps
-            if (epoch_done and self.epoch % cfg.TRAIN.CKPT_PERIOD == 0) or done:
+            if ((epoch_done and self.epoch % cfg.TRAIN.CKPT_PERIOD == 0) or done) \
+                    and ckpt.latest_tag(self.ckpt_dir) != ckpt.tag_for(self.step):  # not twice (CKPT_STEPS)
                 self.save_checkpoint()
             if self.task.has_eval and ((epoch_done and self.epoch % cfg.TRAIN.EVAL_PERIOD == 0) or done):
                 metrics = self.task.evaluate(self, "val")
@@ -211,6 +303,8 @@ class Trainer:
         self.preempt_vote.close()
         if status == "preempted":
             return {"status": status, "step": self.step}
+        if self.diverging:
+            self._raise_diverged(ended=True)
         if ckpt.latest_tag(self.ckpt_dir) != ckpt.tag_for(self.step):
             self.save_checkpoint()
         self.write_model_file()
@@ -276,7 +370,7 @@ class Trainer:
     def micro_step(self, batch: dict, micro: int) -> float:
         """Forward, backward and (on the last micro-step) the update; returns the lr it used."""
         cfg, info, accum = self.cfg, self.info, self.cfg.TRAIN.ACCUM_STEPS
-        lr = cosine_lr(self.step, max(self.total_steps, 1), self.warmup_steps, self.base_lr, self.min_lr,
+        lr = cosine_lr(self.step, max(self.schedule_steps, 1), self.warmup_steps, self.base_lr, self.min_lr,
                        self.warmup_lr)
         set_lr(self.engine.optimizer, lr)
         # masks validated on the first step (the task's own rule) and on the steps that log
@@ -333,11 +427,64 @@ class Trainer:
         if self.peak_flops:
             values["mfu"] = per_device * self.flops_per_clip / self.peak_flops
         self.log.record("train", self.step, epoch=self.epoch + 1, **values)
+        self._check_divergence(stats["loss"])
         fields = {"loss": f"{stats['loss']:.4f}", "lr": f"{lr:.2e}", "clips_s": f"{values['clips_per_s']:.1f}",
                   "data": f"{values['data_wait']:.0%}"}
         if "mfu" in values:
             fields["mfu"] = f"{values['mfu']:.1%}"
         return fields
+
+    # -- divergence: host-side, from the losses the log steps read anyway ------------------------------
+    def _divergence_limit(self) -> float | None:
+        factor = self.cfg.TRAIN.DIVERGENCE_FACTOR
+        if factor <= 0 or self.cfg.TRAIN.DIVERGENCE_PATIENCE <= 0 or len(self.loss_history) < DIVERGENCE_MIN_HISTORY:
+            return None
+        return factor * statistics.median(self.loss_history)
+
+    def _check_divergence(self, loss: float) -> None:
+        """A log step's loss above DIVERGENCE_FACTOR x the running median of the earlier ones is
+        suspect; DIVERGENCE_PATIENCE suspect log steps in a row stop the run. Suspect losses stay
+        out of the median, and no checkpoint is written while the loss is suspect."""
+        limit = self._divergence_limit()
+        if limit is not None and loss > limit:
+            if self.diverging is None:
+                self.diverging = {"since": self.step, "count": 0}
+            self.diverging.update(count=self.diverging["count"] + 1, loss=loss, limit=limit)
+            if self.diverging["count"] >= self.cfg.TRAIN.DIVERGENCE_PATIENCE:
+                self._raise_diverged()
+            return
+        if self.diverging is not None:
+            self.log.info(f"step {self.step}: the loss is back under the divergence limit ({loss:.4g})")
+        self.diverging = None
+        self.loss_history = (self.loss_history + [loss])[-DIVERGENCE_WINDOW:]
+
+    def _diverging_now(self) -> str:
+        """Before a checkpoint: why the weights may be past a divergence, or "". The steps since the
+        last log step are judged too (their mean loss so far: one read, at checkpoints only)."""
+        if self.diverging:
+            return (f"the loss has been above {self.cfg.TRAIN.DIVERGENCE_FACTOR:g} x its running median since step "
+                    f"{self.diverging['since']}")
+        limit = self._divergence_limit()
+        if limit is None:
+            return ""
+        partial = self.stats.totals[:2].clone()  # loss sum and micro-steps since the last log step
+        if self.info.world_size > 1:
+            torch.distributed.all_reduce(partial)
+        loss_sum, micro_steps = partial.tolist()
+        if micro_steps and loss_sum / micro_steps > limit:
+            return (f"the loss since the last log step ({loss_sum / micro_steps:.4g}) is above "
+                    f"{self.cfg.TRAIN.DIVERGENCE_FACTOR:g} x its running median")
+        return ""
+
+    def _raise_diverged(self, ended: bool = False):
+        last = ckpt.latest_tag(self.ckpt_dir)
+        d = self.diverging
+        raise Diverged(f"loss diverged{' (the run ended with it)' if ended else ''}: {d['loss']:.4g} at step "
+                       f"{self.step} is above "
+                       f"{self.cfg.TRAIN.DIVERGENCE_FACTOR:g} x the running median of the log steps' losses "
+                       f"({d['limit']:.4g}) for {d['count']} log step(s) in a row, since step {d['since']}; last good "
+                       "checkpoint: " + (os.path.join(self.ckpt_dir, last) if last else "none yet") +
+                       ". Lower TRAIN.BASE_LR or set TRAIN.CLIP_GRAD (TRAIN.DIVERGENCE_FACTOR 0 turns this check off).")
 
     def on_preemption(self) -> None:
         self.log.info(f"{self.preemption.signal_name or 'signal'} received: checkpointing at step {self.step}")
