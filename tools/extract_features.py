@@ -16,6 +16,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from videomae.cli import run_tool  # noqa: E402
+
 
 PRETRAIN_PREFIX, CLASSIFIER_PREFIX = "pretrain_videomae_", "videomae_vit_"   # the registered name pairs
 
@@ -35,13 +37,15 @@ def main(argv=None) -> int:
     import torch
     from tqdm import tqdm
 
-    from videomae.convert import load_checkpoint
+    from videomae.convert import CheckpointError, load_checkpoint
     from videomae.engine.classification import build_classifier_from_cfg
     from videomae.engine.config import checkpoint_config
     from videomae.engine.data import build_dataset, build_eval_loader
     from videomae.engine.distributed import init_distributed
     from videomae.engine.tasks import normalize_on_device
 
+    if not os.path.exists(args.checkpoint):
+        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
     cfg = checkpoint_config(args.checkpoint, args.config, [*args.overrides, "DATA.TEST_LIST", args.list,
                                                            "DATA.VAL_LIST", args.list, "DATA.LIST_DIR", ""])
     if cfg.MODEL.NAME.startswith(PRETRAIN_PREFIX):  # a pretraining run's config: the same encoder, as a classifier
@@ -55,6 +59,7 @@ def main(argv=None) -> int:
     print(load_checkpoint(model, args.checkpoint))
     model.to(device).eval()
     dataset = build_dataset(cfg, "test" if args.views == "test" else "val")
+    dataset.skip_bad = False   # every output row needs its video: a bad one stops with its list file:line
     loader = build_eval_loader(cfg, dataset, 1, 0)
     sums = np.zeros((len(dataset.records), model.embed_dim), dtype=np.float64)
     counts = np.zeros(len(dataset.records))
@@ -77,4 +82,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -7,7 +7,9 @@ Our fine-tuned model.pt files carry their config (data lists, frames, views); ot
 `--config`. KEY VALUE pairs override either.
 
 Writes test_predictions.csv, test_per_class.csv, test_confusion.png and test_metrics.json to
-OUTPUT_DIR. A pretraining checkpoint is refused: its head was never trained.
+OUTPUT_DIR. A pretraining checkpoint is refused: its head was never trained. A val/test video that
+fails to load stops the test with its list file:line; `--skip-bad-videos` (DATA.EVAL_SKIP_BAD True)
+skips such videos and lists them in test_metrics.json.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from videomae.cli import run_tool  # noqa: E402
 from videomae.convert import CheckpointError, load_checkpoint  # noqa: E402
 from videomae.engine.config import ConfigError, checkpoint_config  # noqa: E402
 
@@ -26,14 +29,31 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="default: the config the fine-tuned model.pt carries")
     parser.add_argument("--checkpoint", required=True, help="fine-tuned model.pt, run folder, or foreign file")
+    parser.add_argument("--skip-bad-videos", action="store_true",
+                        help="skip videos that fail to load (DATA.EVAL_SKIP_BAD True); they are counted and "
+                             "listed in test_metrics.json")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if not os.path.exists(args.checkpoint):
+        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
+    if args.skip_bad_videos:
+        args.overrides = [*args.overrides, "DATA.EVAL_SKIP_BAD", "True"]
     try:
         cfg = checkpoint_config(args.checkpoint, args.config, args.overrides)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    if cfg.TASK == "pretrain":  # its head was never trained: say so before building a classifier
+        if args.config:
+            raise ConfigError(f"{args.config} is a pretraining config (TASK pretrain); tools/test.py needs the "
+                              "fine-tuning config of the checkpoint")
+        raise CheckpointError(f"{args.checkpoint} is a pretraining checkpoint (its config says TASK pretrain): "
+                              "fine-tune it first (tools/train.py --config configs/finetune/... MODEL.PRETRAINED "
+                              f"{args.checkpoint}), then test that")
+    from videomae.engine.data import class_names, model_classes
+
+    class_names(cfg, model_classes(cfg))   # a classes.json naming fewer classes: say so before any work
 
     import torch
 
@@ -67,4 +87,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -261,19 +261,23 @@ def _plugin_model(name: str) -> bool:
     return not timm.models.model_entrypoint(name).__module__.startswith("timm.")
 
 
-def _check_model(cfg: CfgNode) -> None:
+def model_hint(name: str, kind: str | None = None) -> str:
+    """'; did you mean <closest of our model names>?', or the list of names of that kind."""
     import difflib
 
+    names = sorted(n for n, (k, _) in our_models().items() if kind in (None, k))
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]}?" if close else f"; choose from {', '.join(names)}"
+
+
+def _check_model(cfg: CfgNode) -> None:
     m, table = cfg.MODEL, our_models()
     wanted = "pretrain" if cfg.TASK == "pretrain" else "classifier"
     if m.NAME not in table:
         if _plugin_model(m.NAME):
             patch = m.PATCH_SIZE   # a model of your own: only an explicit patch size can be checked
             return _check_geometry(cfg, patch, f"MODEL.PATCH_SIZE={patch}") if patch else None
-        names = sorted(n for n, (kind, _) in table.items() if kind == wanted)
-        close = difflib.get_close_matches(m.NAME, names, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]}?" if close else f"; TASK {cfg.TASK} takes one of {', '.join(names)}"
-        raise ConfigError(f"MODEL.NAME = {m.NAME!r} is not one of our models{hint} "
+        raise ConfigError(f"MODEL.NAME = {m.NAME!r} is not one of our models{model_hint(m.NAME, wanted)} "
                           "(a model of your own needs IMPORTS to load the module that registers it)")
     kind, patch = table[m.NAME]
     if kind != wanted:
