@@ -25,8 +25,9 @@ class TooManyBadVideos(RuntimeError):
     pass
 
 
-class EvalVideoError(RuntimeError):
-    """A val/test video failed to load: evaluation never substitutes another one."""
+class EvalVideoError(VideoDecodeError):
+    """A val/test video failed to load, named by split and list file:line: evaluation never
+    substitutes another video."""
 
 
 @dataclass
