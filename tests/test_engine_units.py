@@ -24,9 +24,9 @@ def test_every_shipped_config_loads(path):
 
 
 def test_overrides_and_errors_name_the_key(tmp_path):
-    cfg = load_config(None, ["TRAIN.BATCH_SIZE", "16", "MASK.TYPE", "random", "TRAIN.MIN_LR", "0"])
+    cfg = load_config(None, ["TRAIN.BATCH_SIZE", "16", "MASK.TYPE", "random", "TRAIN.BASE_LR", "0"])
     assert cfg.TRAIN.BATCH_SIZE == 16 and cfg.MASK.TYPE == "random"
-    assert cfg.TRAIN.MIN_LR == 0.0 and isinstance(cfg.TRAIN.MIN_LR, float)   # an int for a float key is fine
+    assert cfg.TRAIN.BASE_LR == 0.0 and isinstance(cfg.TRAIN.BASE_LR, float)   # an int for a float key is fine
     with pytest.raises(ConfigError, match="unknown config key TRAIN.BATCHSIZE; did you mean TRAIN.BATCH_SIZE"):
         load_config(None, ["TRAIN.BATCHSIZE", "3"])
     with pytest.raises(ConfigError, match="TRAIN.BATCH_SIZE"):

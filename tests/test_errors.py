@@ -113,7 +113,7 @@ CASES = [
      EXIT_USAGE, "MODEL.IMG_SIZE=40 is not a multiple of the patch size of pretrain_videomae_tiny_patch16_224 (16"),
     ("frames vs tubelet", lambda d, m: train(d, "MODEL.NUM_FRAMES", "5"),
      EXIT_USAGE, "MODEL.NUM_FRAMES=5 is not a multiple of MODEL.TUBELET_SIZE=2"),
-    ("negative lr", lambda d, m: train(d, "TRAIN.BASE_LR", "-1e-3"), EXIT_USAGE, "TRAIN.BASE_LR must be > 0.0"),
+    ("negative lr", lambda d, m: train(d, "TRAIN.BASE_LR", "-1e-3"), EXIT_USAGE, "TRAIN.BASE_LR must be >= 0.0"),
     ("negative weight decay", lambda d, m: train(d, "TRAIN.WEIGHT_DECAY", "-0.05"),
      EXIT_USAGE, "TRAIN.WEIGHT_DECAY must be >= 0.0"),
     ("drop path 1", lambda d, m: train(d, "MODEL.DROP_PATH", "1.0"), EXIT_USAGE, "MODEL.DROP_PATH must be in [0.0, 1.0)"),
@@ -234,7 +234,8 @@ def test_exit_codes_are_documented_in_the_readme():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["TRAIN.BASE_LR", "0"], "TRAIN.BASE_LR must be > 0.0, got 0.0"),
+    (["TRAIN.EPS", "0"], "TRAIN.EPS must be > 0.0, got 0.0"),
+    (["TRAIN.MIN_LR", "-1e-6"], "TRAIN.MIN_LR must be >= 0.0"),
     (["MODEL.NAME", "vit_base_patch16_224"], "MODEL.NAME = 'vit_base_patch16_224' is not one of our models"),
     (["MODEL.NAME.SIZE", "1"], "MODEL.NAME is a value, not a section"),
     (["TRAIN.EMA", "1.0", "TASK", "finetune", "MODEL.NAME", "videomae_vit_base_patch16_224"],

@@ -310,7 +310,8 @@ _RANGES = (
     ("DATA.TEST_NUM_CLIPS", 1, None, True, None), ("DATA.TEST_NUM_CROPS", 1, None, True, None),
     ("TRAIN.EPOCHS", 1, None, True, None), ("TRAIN.MAX_STEPS", 0, None, True, None),
     ("TRAIN.WARMUP_EPOCHS", 0, None, True, None),
-    ("TRAIN.BASE_LR", 0.0, None, False, None), ("TRAIN.MIN_LR", 0.0, None, True, None),
+    ("TRAIN.BASE_LR", 0.0, None, True, None),   # 0 keeps the weights as loaded: a check of the loading
+    ("TRAIN.MIN_LR", 0.0, None, True, None),
     ("TRAIN.WARMUP_LR", 0.0, None, True, None), ("TRAIN.WEIGHT_DECAY", 0.0, None, True, None),
     ("TRAIN.EPS", 0.0, None, False, None), ("TRAIN.CLIP_GRAD", 0.0, None, True, None),
     ("TRAIN.LAYER_DECAY", 0.0, 1.0, False, True), ("TRAIN.LABEL_SMOOTHING", 0.0, 1.0, True, False),
