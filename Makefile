@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-gpu demo bench clean
+.PHONY: install test test-slow test-gpu demo bench clean
 
 install: $(STAMP)
 
@@ -18,8 +18,12 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# the everyday suite; the slow drills (many end-to-end runs each) are their own tier, run by CI too
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests
 
 # On a GPU machine whose Python already has the dependencies (docs/gpu.md): installs nothing, and
 # fails at once if torch sees no GPU; the tools under test run on cuda.

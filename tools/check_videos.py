@@ -17,6 +17,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from videomae.cli import EXIT_ERROR, EXIT_OK, run_tool  # noqa: E402
+
 
 def check(path: str, backend: str) -> str | None:
     from videomae.data.decoding import open_video
@@ -42,8 +46,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if not args.list.exists():
-        sys.exit(f"error: list not found: {args.list}")
-    lines = [line.rstrip("\n") for line in open(args.list, encoding="utf-8") if line.strip()]
+        raise FileNotFoundError(2, "list not found", str(args.list))
+    if args.list.is_dir():
+        raise IsADirectoryError(21, "--list is a folder, give the list file in it", str(args.list))
+    from videomae.data.annotations import decode_list_line
+
+    with open(args.list, "rb") as handle:   # a byte that is not UTF-8 is reported with its line
+        lines = [decode_list_line(raw, n, f"{args.list}:{n}").rstrip("\r\n") for n, raw in enumerate(handle, 1)]
+    lines = [line for line in lines if line.strip()]
     paths = [line.rsplit(None, 1)[0] for line in lines]
     full = [p if os.path.isabs(p) else os.path.join(args.root, p) for p in paths]
     out = args.out or args.list.with_suffix(".bad.txt")
@@ -64,8 +74,8 @@ def main(argv=None) -> int:
         with open(args.write_clean, "w", encoding="utf-8") as handle:
             handle.writelines(f"{line}\n" for n, line in enumerate(lines) if n not in bad)
     print(f"{len(lines) - len(bad)} of {len(lines)} videos decode; {len(bad)} bad, listed in {out}")
-    return 1 if bad else 0
+    return EXIT_ERROR if bad else EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -21,9 +21,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timm  # noqa: E402
 
 import videomae  # noqa: E402,F401
+from videomae.cli import UsageError, run_tool  # noqa: E402
 from videomae.convert import CheckpointError, load_checkpoint  # noqa: E402
 from videomae.convert.hf import export_hf  # noqa: E402
 from videomae.engine.checkpoint import save_model_file  # noqa: E402
+from videomae.engine.config import model_hint, our_models  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -38,6 +40,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
+    models = our_models()
+    if args.model not in models:
+        raise UsageError(f"--model {args.model!r} is not one of our models{model_hint(args.model)}")
+    patch = models[args.model][1]
+    if args.img_size % patch or args.num_frames % args.tubelet_size:
+        raise UsageError(f"--img-size {args.img_size} must be a multiple of {args.model}'s patch size {patch} and "
+                         f"--num-frames {args.num_frames} a multiple of --tubelet-size {args.tubelet_size}")
     kwargs = dict(num_frames=args.num_frames, img_size=args.img_size, tubelet_size=args.tubelet_size)
     if args.model.startswith("videomae_vit_"):
         kwargs["num_classes"] = args.num_classes
@@ -57,4 +66,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

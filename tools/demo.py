@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from videomae.cli import run_tool  # noqa: E402
 from videomae.data.synthetic import ensure_demo_dataset  # noqa: E402
 from videomae.engine.config import load_config  # noqa: E402
 from videomae.engine.distributed import use_cuda  # noqa: E402
@@ -64,13 +65,13 @@ def reconstruction_picture(cfg, trainer, out_png: str) -> str:
     return out_png
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join(ROOT, "demo_runs"))
     parser.add_argument("--data", default=os.path.join(ROOT, "data", "synthetic"))
     parser.add_argument("--quick", action="store_true", help="one epoch, for a smoke test")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE pairs for every run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     print(f"[1/4] synthetic videos -> {args.data}")
     info = ensure_demo_dataset(args.data)
@@ -133,4 +134,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

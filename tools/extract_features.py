@@ -18,6 +18,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from videomae.cli import run_tool  # noqa: E402
+
 
 PRETRAIN_PREFIX, CLASSIFIER_PREFIX = "pretrain_videomae_", "videomae_vit_"   # the registered name pairs
 
@@ -45,12 +47,10 @@ def main(argv=None) -> int:
     from videomae.engine.host import to_numpy
     from videomae.engine.tasks import normalize_on_device
 
-    try:
-        cfg = checkpoint_config(args.checkpoint, args.config, [*args.overrides, "DATA.TEST_LIST", args.list,
-                                                               "DATA.VAL_LIST", args.list, "DATA.LIST_DIR", ""])
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    if not os.path.exists(args.checkpoint):
+        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
+    cfg = checkpoint_config(args.checkpoint, args.config, [*args.overrides, "DATA.TEST_LIST", args.list,
+                                                           "DATA.VAL_LIST", args.list, "DATA.LIST_DIR", ""])
     if cfg.MODEL.NAME.startswith(PRETRAIN_PREFIX):  # a pretraining run's config: the same encoder, as a classifier
         cfg = cfg.clone()
         cfg.defrost()
@@ -66,6 +66,7 @@ def main(argv=None) -> int:
         return 1
     model.to(device).eval()
     dataset = build_dataset(cfg, "test" if args.views == "test" else "val")
+    dataset.skip_bad = False   # every output row needs its video: a bad one stops with its list file:line
     loader = build_eval_loader(cfg, dataset, 1, 0)
     sums = np.zeros((len(dataset.records), model.embed_dim), dtype=np.float64)
     counts = np.zeros(len(dataset.records))
@@ -88,4 +89,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

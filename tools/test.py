@@ -10,7 +10,9 @@ OUTPUT_DIR is not used.
 
 Writes test_predictions.csv, test_per_class.csv, test_confusion.png and test_metrics.json to
 `--out` (or OUTPUT_DIR given on the command line), else next to the checkpoint. A pretraining
-checkpoint is refused: its head was never trained.
+checkpoint is refused: its head was never trained. A val/test video that fails to load stops
+the test with its list file:line; `--skip-bad-videos` (DATA.EVAL_SKIP_BAD True) skips such videos
+and lists them in test_metrics.json.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from videomae.cli import run_tool  # noqa: E402
 from videomae.convert import CheckpointError, load_checkpoint  # noqa: E402
 from videomae.engine.config import ConfigError, checkpoint_config  # noqa: E402
 
@@ -31,15 +34,32 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", required=True,
                         help="fine-tuned model.pt, run folder, DeepSpeed checkpoint folder, or foreign file")
     parser.add_argument("--out", help="folder for the reports (default: the checkpoint's folder)")
+    parser.add_argument("--skip-bad-videos", action="store_true",
+                        help="skip videos that fail to load (DATA.EVAL_SKIP_BAD True); they are counted and "
+                             "listed in test_metrics.json")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if not os.path.exists(args.checkpoint):
+        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
+    if args.skip_bad_videos:
+        args.overrides = [*args.overrides, "DATA.EVAL_SKIP_BAD", "True"]
     try:
         cfg = checkpoint_config(args.checkpoint, args.config,
                                 [*args.overrides, *(["OUTPUT_DIR", args.out] if args.out else [])])
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    if cfg.TASK == "pretrain":  # its head was never trained: say so before building a classifier
+        if args.config:
+            raise ConfigError(f"{args.config} is a pretraining config (TASK pretrain); tools/test.py needs the "
+                              "fine-tuning config of the checkpoint")
+        raise CheckpointError(f"{args.checkpoint} is a pretraining checkpoint (its config says TASK pretrain): "
+                              "fine-tune it first (tools/train.py --config configs/finetune/... MODEL.PRETRAINED "
+                              f"{args.checkpoint}), then test that")
+    from videomae.engine.data import class_names, model_classes
+
+    class_names(cfg, model_classes(cfg))   # a classes.json naming fewer classes: say so before any work
 
     import torch
 
@@ -73,4 +93,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
+from videomae.cli import EXIT_PREEMPTED, run_tool  # noqa: E402
 from videomae.engine.config import ConfigError, load_config  # noqa: E402
 
 
@@ -39,31 +41,22 @@ def main(argv=None) -> int:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE pairs, e.g. TRAIN.EPOCHS 10")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    from videomae.convert.formats import CheckpointError
-    from videomae.data import TooManyBadVideos
-    from videomae.data.annotations import AnnotationError
-    from videomae.engine.run_folder import RunFolderError
-    from videomae.engine.trainer import Diverged, NonFiniteLoss, Trainer
+    cfg = load_config(args.config, args.overrides)   # before any data loads
+    from videomae.engine.trainer import Trainer
 
-    try:
-        trainer = Trainer(cfg, build_task(cfg))
-        result = trainer.fit()
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    except (AnnotationError, CheckpointError, TooManyBadVideos, NonFiniteLoss, Diverged, RunFolderError) as err:
-        # the user's data, checkpoint or recipe needs fixing: one message, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    trainer = Trainer(cfg, build_task(cfg))
+    result = trainer.fit()
     if trainer.info.is_main:
         print(json.dumps(result), flush=True)
+    if result["status"] == "preempted" and not result["requeued"]:
+        # checkpointed, nobody will restart it: say how, and do not let `train && test` chains go on
+        if trainer.info.is_main:
+            command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+            print(f"preempted at step {result['step']}, checkpoint saved; resume with the same command:\n"
+                  f"  {command}", file=sys.stderr)
+        return EXIT_PREEMPTED
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))   # a known mistake: one line and the exit code of README's table

@@ -22,6 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from videomae.cli import run_tool  # noqa: E402
 from videomae.engine.config import ConfigError, checkpoint_config  # noqa: E402
 
 DECODER_PARTS = ("decoder", "encoder_to_decoder", "mask_token")
@@ -54,15 +55,24 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seeds every mask, so strategies compare fairly")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE pairs, e.g. MASK.RATIO 0.75")
     args = parser.parse_args(argv)
+    from videomae.convert import CheckpointError, load_checkpoint
+
+    if not os.path.exists(args.checkpoint):
+        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
     try:
         cfg = checkpoint_config(args.checkpoint, args.config, args.overrides)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    if cfg.TASK != "pretrain":  # a classifier has no decoder: say so before building a pretraining model
+        if args.config:
+            raise ConfigError(f"{args.config} is a {cfg.TASK} config (MODEL.NAME {cfg.MODEL.NAME}); reconstructing "
+                              "needs the pretraining config of the checkpoint")
+        raise CheckpointError(f"{args.checkpoint} is a fine-tuned classifier (its config says TASK {cfg.TASK}): "
+                              "it has no decoder to reconstruct with; give a pretraining checkpoint")
 
     import torch
 
-    from videomae.convert import CheckpointError, load_checkpoint
     from videomae.data.decoding import VideoDecodeError
     from videomae.engine.plots import plot_reconstruction
     from videomae.engine.tasks import PretrainTask, normalize_on_device
@@ -108,4 +118,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -36,6 +36,16 @@ def _parse_int(text: str, what: str, where: str) -> int:
         raise AnnotationError(f"{where}: {what} {text!r} is not an integer") from None
 
 
+def decode_list_line(raw: bytes, number: int, where: str) -> str:
+    """Line `number` (from 1) of a list read as bytes: UTF-8, without the byte-order mark some editors put at the start of the file."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise AnnotationError(f"{where}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not UTF-8; "
+                              "save the list as UTF-8") from None
+    return text.removeprefix("\ufeff") if number == 1 else text
+
+
 def read_video_list(list_file: str | os.PathLike, data_root: str | os.PathLike = "", fmt: str = "video",
                     num_classes: int | None = None, allow_unlabeled: bool = False,
                     check_exists: bool = True) -> list[VideoRecord]:
@@ -47,12 +57,12 @@ def read_video_list(list_file: str | os.PathLike, data_root: str | os.PathLike =
         raise AnnotationError(f"annotation list not found: {list_file} (prepare it with the scripts "
                               "in datasets/, or fix the list path in the config)")
     records, missing = [], []
-    with open(list_file, encoding="utf-8") as handle:
+    with open(list_file, "rb") as handle:   # bytes: a decoding error is reported with its line
         for number, raw in enumerate(handle, start=1):
-            line = raw.strip()
+            where = f"{list_file}:{number}"
+            line = decode_list_line(raw, number, where).strip()
             if not line or line.startswith("#"):
                 continue
-            where = f"{list_file}:{number}"
             fields = line.rsplit(None, 1 if fmt == "video" else 2)
             expected = 2 if fmt == "video" else 3
             if len(fields) != expected:
@@ -75,8 +85,8 @@ def read_video_list(list_file: str | os.PathLike, data_root: str | os.PathLike =
             if label < 0 and not ((allow_unlabeled or fmt == "v2_pretrain") and label == -1):
                 raise AnnotationError(f"{where}: label {label} is negative")
             if num_classes is not None and label >= num_classes:
-                raise AnnotationError(f"{where}: label {label} is not a known class "
-                                      f"(the config says {num_classes} classes)")
+                raise AnnotationError(f"{where}: label {label} is not a known class (the model has {num_classes} "
+                                      "classes: MODEL.NUM_CLASSES, or DATA.NUM_CLASSES when that is 0)")
             full = path if os.path.isabs(path) else os.path.join(os.fspath(data_root), path)
             if check_exists and not os.path.exists(full):
                 missing.append(f"{where}: {full}")

@@ -25,6 +25,11 @@ class TooManyBadVideos(RuntimeError):
     pass
 
 
+class EvalVideoError(VideoDecodeError):
+    """A val/test video failed to load, named by split and list file:line: evaluation never
+    substitutes another video."""
+
+
 @dataclass
 class ClipConfig:
     num_frames: int = 16
@@ -54,7 +59,7 @@ class FaultPolicy:
 class VideoDataset(Dataset):
     def __init__(self, records: list[VideoRecord], mode: str, clip: ClipConfig | None = None,
                  transform=None, backend: str = "decord", decode_short_side: int | None = None,
-                 faults: FaultPolicy | None = None, seed: int = 0):
+                 faults: FaultPolicy | None = None, seed: int = 0, skip_bad: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.records, self.mode = records, mode
@@ -64,6 +69,7 @@ class VideoDataset(Dataset):
         self.backend, self.decode_short_side = backend, decode_short_side
         self.faults = faults or FaultPolicy()
         self.seed, self.epoch = seed, 0
+        self.skip_bad = skip_bad   # evaluation: hand out a "bad" item instead of raising
         if transform is None:
             size = self.clip.img_size
             transform = {"pretrain": lambda: pretrain_transform(size),
@@ -135,10 +141,10 @@ class VideoDataset(Dataset):
             views = self.views_per_video
             index, view = divmod(i, views)
             clip_index, crop_index = divmod(view, self.clip.num_crops)
-            item = self._load(index, np.random.default_rng([self.seed, index]), clip_index, crop_index)
+            item = self._load_eval(index, clip_index, crop_index)
             return {**item, "clip_index": clip_index, "crop_index": crop_index}
         if not self.training:
-            return self._load(i, np.random.default_rng([self.seed, i]))
+            return self._load_eval(i)
         index = i
         for attempt in range(self.faults.max_retries + 1):
             rng = np.random.default_rng([self.seed, self.epoch, index, attempt])
@@ -150,6 +156,19 @@ class VideoDataset(Dataset):
                 index = int(rng.integers(len(self.records)))
         raise TooManyBadVideos(f"{self.faults.max_retries + 1} videos in a row failed to load "
                                f"(last: {self.records[index].path}); is the data root right?")
+
+    def _load_eval(self, index: int, clip_index: int = 0, crop_index: int = 0) -> dict:
+        """One evaluation view. A video that fails is named by split and list file:line; with
+        `skip_bad` it becomes `{"index", "bad": message}`, which `collate_clips` sets apart."""
+        try:
+            return self._load(index, np.random.default_rng([self.seed, index]), clip_index, crop_index)
+        except (VideoDecodeError, IndexError, OSError, ValueError) as err:
+            record = self.records[index]
+            message = f"{self.mode} video {record.where or record.path} failed to load: {' '.join(str(err).split())}"
+            if self.skip_bad:
+                return {"index": index, "bad": message}
+            raise EvalVideoError(f"{message}; drop it from the list (tools/check_videos.py finds every such file) "
+                                 "or skip such videos with DATA.EVAL_SKIP_BAD True") from None
 
     def _record_failure(self, record: VideoRecord, err: Exception) -> None:
         policy = self.faults
@@ -167,7 +186,14 @@ class VideoDataset(Dataset):
 
 
 def collate_clips(batch: list[dict]) -> dict:
-    """Default collation, then repeated clips (B, K, C, T, H, W) flattened to (B*K, C, T, H, W)."""
+    """Default collation, then repeated clips (B, K, C, T, H, W) flattened to (B*K, C, T, H, W).
+    Evaluation views that failed to load (skipped on request) go to `bad`: a list of
+    (index, clip_index, crop_index, message); a batch of only those has no `video`."""
+    bad = [(item["index"], item.get("clip_index", 0), item.get("crop_index", 0), item["bad"])
+           for item in batch if "bad" in item]
+    if bad:
+        good = [item for item in batch if "bad" not in item]
+        return {**(collate_clips(good) if good else {}), "bad": bad}
     out = default_collate(batch)
     video = out["video"]
     if video.ndim == 6:

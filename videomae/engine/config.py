@@ -12,7 +12,7 @@ import os
 import re
 import sys
 
-from fvcore.common.config import CfgNode
+from fvcore.common.config import BASE_KEY, CfgNode
 
 
 C = CfgNode()
@@ -68,6 +68,8 @@ C.DATA.RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"
 C.DATA.RANDOM_ERASING = 0.25
 C.DATA.TEST_NUM_CLIPS = 2
 C.DATA.TEST_NUM_CROPS = 3
+C.DATA.EVAL_SKIP_BAD = False         # evaluation: skip a video that fails to decode (counted and listed
+                                     # in the metrics) instead of stopping with its list file:line
 
 C.TRAIN = CfgNode()
 C.TRAIN.BATCH_SIZE = 32              # videos per process per micro-step
@@ -140,17 +142,52 @@ def _all_keys(node, prefix="") -> list[str]:
 
 
 def _explain(where: str, err: Exception) -> ConfigError:
-    """yacs says 'Non-existent key: X' (or a type mismatch); add the closest valid key."""
-    import difflib
-    import re
-
+    """yacs says 'Non-existent key: X' or 'Type mismatch (...)': say it with the closest valid key."""
     message = str(err.args[0]) if err.args else str(err)
     match = re.search(r"[Nn]on-existent (?:config )?key: ([\w.]+)", message)
     if match:
-        close = difflib.get_close_matches(match.group(1), _all_keys(C), n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        return ConfigError(f"{where}: unknown config key {match.group(1)}{hint}")
+        return _unknown_key(where, match.group(1))
+    match = re.fullmatch(r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values \((.*) vs\. (.*)\) "
+                         r"for config key: ([\w.]+)", message, re.S)
+    if match:
+        want, got, _, value, key = match.groups()
+        return ConfigError(f"{where}: {key} must be of type {want}, got {value!r} (a {got})")
     return ConfigError(f"{where}: {message}")
+
+
+def _unknown_key(where: str, key: str) -> ConfigError:
+    import difflib
+
+    close = difflib.get_close_matches(key, _all_keys(C), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return ConfigError(f"{where}: unknown config key {key}{hint}")
+
+
+def _section_error(where: str, key: str, node: CfgNode) -> ConfigError:
+    """`TRAIN 5`: yacs would dump the whole node in a type-mismatch message."""
+    keys = list(node)
+    more = ", ..." if len(keys) > 6 else ""
+    return ConfigError(f"{where}: {key} is a section, not a value (its keys: {', '.join(keys[:6])}{more}); "
+                       f"set one key, e.g. {key}.{keys[0]}")
+
+
+def _check_shape(where: str, data: dict, node: CfgNode, prefix: str = "") -> None:
+    """A YAML mapping against the defaults, before yacs merges it: unknown keys with a suggestion,
+    a value where a section belongs and the reverse. An int for a float key becomes a float
+    (`BASE_LR: 1` means 1.0), as on the command line."""
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in node:
+            raise _unknown_key(where, full)
+        default = node[key]
+        if isinstance(default, CfgNode):
+            if not isinstance(value, dict):
+                raise _section_error(where, full, default)
+            _check_shape(where, value, default, f"{full}.")
+        elif isinstance(value, dict):
+            raise ConfigError(f"{where}: {full} is a value, not a section; write {full}: <value>")
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            data[key] = float(value)
 
 
 def get_defaults() -> CfgNode:
@@ -208,6 +245,115 @@ def _check_masking(cfg: CfgNode) -> None:
                                "; a strategy of your own needs IMPORTS to load the module that registers it"))
 
 
+PRETRAIN_PREFIX, CLASSIFIER_PREFIX = "pretrain_videomae_", "videomae_vit_"
+
+
+def our_models() -> dict[str, tuple[str, int]]:
+    """name -> (kind, patch size) for every model videomae/models/factory.py registers with timm;
+    kind is "pretrain" or "classifier". Read from the factory module itself, so the table is
+    exactly what `timm.create_model` will find of ours (not timm's own thousand names)."""
+    from ..models import factory
+
+    table = {}
+    for name, fn in vars(factory).items():
+        if callable(fn) and getattr(fn, "__module__", None) == factory.__name__ \
+                and name.startswith((PRETRAIN_PREFIX, CLASSIFIER_PREFIX)):
+            patch = re.search(r"_patch(\d+)_", name)
+            table[name] = ("pretrain" if name.startswith(PRETRAIN_PREFIX) else "classifier",
+                           int(patch.group(1)) if patch else 0)
+    return table
+
+
+def _plugin_model(name: str) -> bool:
+    """A timm model registered by a module the user imported (IMPORTS), not by timm itself."""
+    import timm
+
+    if not timm.is_model(name):
+        return False
+    return not timm.models.model_entrypoint(name).__module__.startswith("timm.")
+
+
+def model_hint(name: str, kind: str | None = None) -> str:
+    """'; did you mean <closest of our model names>?', or the list of names of that kind."""
+    import difflib
+
+    names = sorted(n for n, (k, _) in our_models().items() if kind in (None, k))
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]}?" if close else f"; choose from {', '.join(names)}"
+
+
+def _check_model(cfg: CfgNode) -> None:
+    m, table = cfg.MODEL, our_models()
+    wanted = "pretrain" if cfg.TASK == "pretrain" else "classifier"
+    if m.NAME not in table:
+        if _plugin_model(m.NAME):
+            patch = m.PATCH_SIZE   # a model of your own: only an explicit patch size can be checked
+            return _check_geometry(cfg, patch, f"MODEL.PATCH_SIZE={patch}") if patch else None
+        raise ConfigError(f"MODEL.NAME = {m.NAME!r} is not one of our models{model_hint(m.NAME, wanted)} "
+                          "(a model of your own needs IMPORTS to load the module that registers it)")
+    kind, patch = table[m.NAME]
+    if kind != wanted:
+        # the same size as the other kind: pretrain_videomae_<size>... <-> videomae_vit_<size>...
+        ours, theirs = (PRETRAIN_PREFIX, CLASSIFIER_PREFIX) if kind == "pretrain" else (CLASSIFIER_PREFIX, PRETRAIN_PREFIX)
+        raise ConfigError(f"MODEL.NAME = {m.NAME} is a {kind} model but TASK is {cfg.TASK}: use a {theirs}* "
+                          f"name, e.g. {theirs + m.NAME[len(ours):]}")
+    if m.PATCH_SIZE:
+        _check_geometry(cfg, m.PATCH_SIZE, f"MODEL.PATCH_SIZE={m.PATCH_SIZE}")
+    else:
+        _check_geometry(cfg, patch, f"the patch size of {m.NAME} ({patch}; MODEL.PATCH_SIZE changes it)")
+
+
+def _check_geometry(cfg: CfgNode, patch: int, what: str) -> None:
+    if cfg.MODEL.IMG_SIZE % patch:
+        raise ConfigError(f"MODEL.IMG_SIZE={cfg.MODEL.IMG_SIZE} is not a multiple of {what}")
+
+
+# (key, lowest, highest, lowest included, highest included): what a value may be at all
+_RANGES = (
+    ("MODEL.IMG_SIZE", 1, None, True, None), ("MODEL.TUBELET_SIZE", 1, None, True, None),
+    ("MODEL.PATCH_SIZE", 0, None, True, None), ("MODEL.DEPTH", 0, None, True, None),
+    ("MODEL.DECODER_DEPTH", 1, None, True, None), ("MODEL.NUM_CLASSES", 0, None, True, None),
+    ("MODEL.DROP_PATH", 0.0, 1.0, True, False), ("MODEL.HEAD_DROP", 0.0, 1.0, True, False),
+    ("MASK.DECODER_RATIO", 0.0, 1.0, True, False),
+    ("DATA.NUM_CLASSES", 0, None, True, None), ("DATA.SAMPLING_RATE", 1, None, True, None),
+    ("DATA.DECODE_SHORT_SIDE", 0, None, True, None), ("DATA.NUM_WORKERS", 0, None, True, None),
+    ("DATA.MAX_BAD_RATIO", 0.0, 1.0, True, True), ("DATA.LOADER_TIMEOUT", 0.0, None, False, None),
+    ("DATA.RANDOM_ERASING", 0.0, 1.0, True, True),
+    ("DATA.TEST_NUM_CLIPS", 1, None, True, None), ("DATA.TEST_NUM_CROPS", 1, None, True, None),
+    ("TRAIN.EPOCHS", 1, None, True, None), ("TRAIN.MAX_STEPS", 0, None, True, None),
+    ("TRAIN.WARMUP_EPOCHS", 0, None, True, None),
+    ("TRAIN.BASE_LR", 0.0, None, True, None),   # 0 keeps the weights as loaded: a check of the loading
+    ("TRAIN.MIN_LR", 0.0, None, True, None),
+    ("TRAIN.WARMUP_LR", 0.0, None, True, None), ("TRAIN.WEIGHT_DECAY", 0.0, None, True, None),
+    ("TRAIN.EPS", 0.0, None, False, None), ("TRAIN.CLIP_GRAD", 0.0, None, True, None),
+    ("TRAIN.LAYER_DECAY", 0.0, 1.0, False, True), ("TRAIN.LABEL_SMOOTHING", 0.0, 1.0, True, False),
+    ("TRAIN.MIXUP", 0.0, None, True, None), ("TRAIN.CUTMIX", 0.0, None, True, None),
+    ("TRAIN.MIXUP_SWITCH_PROB", 0.0, 1.0, True, True), ("TRAIN.EMA", 0.0, 1.0, True, False),
+    ("TRAIN.LOG_PERIOD", 1, None, True, None), ("TRAIN.CKPT_PERIOD", 1, None, True, None),
+    ("TRAIN.CKPT_STEPS", 0, None, True, None), ("TRAIN.KEEP_CHECKPOINTS", 0, None, True, None),
+    ("TRAIN.EVAL_PERIOD", 1, None, True, None),
+)
+
+
+def _check_ranges(cfg: CfgNode) -> None:
+    for key, low, high, low_in, high_in in _RANGES:
+        value = _lookup(cfg, key)
+        below = value < low if low_in else value <= low
+        above = high is not None and (value > high if high_in else value >= high)
+        if below or above:
+            if high is None:
+                need = f">= {low}" if low_in else f"> {low}"
+            else:
+                need = f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+            raise ConfigError(f"{key} must be {need}, got {value}")
+    betas = tuple(cfg.TRAIN.BETAS)
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"TRAIN.BETAS must be two numbers in [0, 1), got {betas}")
+    scale = tuple(cfg.DATA.TRAIN_CROP_SCALE)
+    if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+        raise ConfigError(f"DATA.TRAIN_CROP_SCALE must be (low, high) with 0 < low <= high <= 1, got {scale}")
+
+
 def validate(cfg: CfgNode) -> None:
     _check_masking(cfg)
     for key, choices in _CHOICES.items():
@@ -219,6 +365,7 @@ def validate(cfg: CfgNode) -> None:
             raise ConfigError(f"{key} must be >= 1, got {_lookup(cfg, key)}")
     if not 0.0 <= cfg.MASK.RATIO < 1.0:
         raise ConfigError(f"MASK.RATIO must be in [0, 1), got {cfg.MASK.RATIO}")
+    _check_ranges(cfg)
     if cfg.TASK == "pretrain":  # fine-tuning knobs that pretraining would otherwise ignore silently
         for key, neutral in (("TRAIN.EMA", 0.0), ("TRAIN.LAYER_DECAY", 1.0)):
             if _lookup(cfg, key) != neutral:
@@ -227,6 +374,7 @@ def validate(cfg: CfgNode) -> None:
     if cfg.MODEL.NUM_FRAMES % cfg.MODEL.TUBELET_SIZE:
         raise ConfigError(f"MODEL.NUM_FRAMES={cfg.MODEL.NUM_FRAMES} is not a multiple of "
                           f"MODEL.TUBELET_SIZE={cfg.MODEL.TUBELET_SIZE}")
+    _check_model(cfg)
 
 
 def _ints_as_floats(cfg: CfgNode, overrides: list) -> list:
@@ -243,26 +391,106 @@ def _ints_as_floats(cfg: CfgNode, overrides: list) -> list:
     return out
 
 
+def _parse_yaml(text: str, where: str) -> dict:
+    """YAML text -> a mapping, or a ConfigError naming the file, line and column."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        place = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+        problem = " ".join(filter(None, (err.context, err.problem)))
+        raise ConfigError(f"{place}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: YAML error: {' '.join(str(err).split())}") from None
+    if data is None:
+        raise ConfigError(f"{where} is empty: a config holds KEY: value mappings, e.g. 'TRAIN: {{EPOCHS: 10}}'")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} holds a YAML {type(data).__name__}, not KEY: value mappings "
+                          "(e.g. 'TRAIN: {EPOCHS: 10}')")
+    return data
+
+
+def _merge_dicts(child: dict, base: dict) -> dict:
+    """`base` updated by `child`, section by section (fvcore's `_BASE_` semantics)."""
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge_dicts(value, base[key])
+        else:
+            base[key] = value
+    return base
+
+
+def _read_yaml(path: str, chain: tuple = ()) -> dict:
+    """A config file with its `_BASE_` chain resolved (paths relative to the file naming them)."""
+    where = str(path)
+    if os.path.abspath(path) in chain:
+        raise ConfigError(f"{where}: _BASE_ chain loops back to itself")
+    if os.path.isdir(path):
+        raise ConfigError(f"config is a folder, not a YAML file: {where}")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{where}:{line}: byte 0x{raw[err.start]:02x} is not UTF-8; save the file as UTF-8") from None
+    data = _parse_yaml(text, where)
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        return data
+    merged: dict = {}
+    for base in bases if isinstance(bases, list) else [bases]:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{where}: _BASE_ must be a file name or a list of them, got {base!r}")
+        full = os.path.join(os.path.dirname(path), os.path.expanduser(base))
+        if not os.path.isfile(full):
+            raise ConfigError(f"{where}: _BASE_ file not found: {base} (looked for {full})")
+        _merge_dicts(_read_yaml(full, (*chain, os.path.abspath(path))), merged)
+    return _merge_dicts(data, merged)
+
+
+def _merge(cfg: CfgNode, data: dict, where: str) -> None:
+    _check_shape(where, data, cfg)
+    try:
+        cfg.merge_from_other_cfg(CfgNode(data))
+    except (KeyError, AssertionError, ValueError) as err:
+        raise _explain(where, err) from None
+
+
+def _check_override_keys(cfg: CfgNode, keys) -> None:
+    """`TRAIN 5` or `MODEL.NAME.X 1`: say what the key is before yacs compares types."""
+    for key in map(str, keys):
+        node, walked = cfg, []
+        for part in key.split("."):
+            if not isinstance(node, CfgNode):
+                raise ConfigError(f"command line: {'.'.join(walked)} is a value, not a section: "
+                                  f"no key {key}")
+            if part not in node:
+                raise _unknown_key("command line", key)
+            node = node[part]
+            walked.append(part)
+        if isinstance(node, CfgNode):
+            raise _section_error("command line", key, node)
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
                 text: str | None = None) -> CfgNode:
     """Defaults <- YAML file (with `_BASE_` chain) or YAML text (a config stored in a checkpoint)
     <- `KEY VALUE` overrides; then validated."""
     cfg = get_defaults()
     if path is not None:
-        if not os.path.isfile(path):
+        path = os.fspath(path)
+        if not os.path.exists(path):
             raise ConfigError(f"config file not found: {path}")
-        try:
-            cfg.merge_from_file(os.fspath(path))
-        except (KeyError, AssertionError, ValueError) as err:
-            raise _explain(os.fspath(path), err) from None
+        _merge(cfg, _read_yaml(path), path)
     if text is not None:
-        try:
-            cfg.merge_from_other_cfg(CfgNode.load_cfg(text))
-        except (KeyError, AssertionError, ValueError) as err:
-            raise _explain("stored config", err) from None
+        _merge(cfg, _parse_yaml(text, "stored config"), "stored config")
     if overrides:
         if len(overrides) % 2:
             raise ConfigError(f"overrides come in KEY VALUE pairs; got an odd list: {overrides}")
+        _check_override_keys(cfg, overrides[0::2])
         try:
             cfg.merge_from_list(_ints_as_floats(cfg, list(overrides)))
         except (KeyError, AssertionError, ValueError) as err:

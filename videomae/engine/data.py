@@ -8,14 +8,16 @@ trajectory. Resuming mid-epoch skips the batches already consumed.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import torch
 
-from ..data import ClipConfig, FaultPolicy, VideoDataset, make_loader, read_video_list
+from ..data import AnnotationError, ClipConfig, FaultPolicy, VideoDataset, make_loader, read_video_list
 from ..data.datasets import collate_clips, worker_init
 from ..data.transforms import finetune_train_transform, pretrain_transform
+from .config import ConfigError
 
 
 class GlobalBatchSampler(torch.utils.data.Sampler):
@@ -69,10 +71,11 @@ def build_dataset(cfg, split: str, log_dir: str | None = None) -> VideoDataset:
     list_name = {"pretrain": cfg.DATA.TRAIN_LIST, "train": cfg.DATA.TRAIN_LIST,
                  "val": cfg.DATA.VAL_LIST, "test": cfg.DATA.TEST_LIST}[split]
     make_missing_demo_data(cfg, list_name)
-    num_classes = cfg.DATA.NUM_CLASSES or None
+    num_classes = model_classes(cfg) if split != "pretrain" else None
+    if num_classes:
+        class_names(cfg, num_classes)   # a short classes.json fails now, not after the evaluation
     records = read_video_list(list_path(cfg, list_name), cfg.DATA.ROOT, fmt=cfg.DATA.LIST_FORMAT,
-                              num_classes=num_classes if split != "pretrain" else None,
-                              allow_unlabeled=split == "pretrain")
+                              num_classes=num_classes, allow_unlabeled=split == "pretrain")
     sampling = "dense" if split == "pretrain" else cfg.DATA.FINETUNE_SAMPLING
     clip = ClipConfig(num_frames=cfg.MODEL.NUM_FRAMES, sampling=sampling, sampling_rate=cfg.DATA.SAMPLING_RATE,
                       img_size=cfg.MODEL.IMG_SIZE, num_clips=cfg.DATA.TEST_NUM_CLIPS,
@@ -89,10 +92,43 @@ def build_dataset(cfg, split: str, log_dir: str | None = None) -> VideoDataset:
     faults = FaultPolicy(log_file=os.path.join(log_dir, "bad_videos.txt") if log_dir else None,
                          max_ratio=cfg.DATA.MAX_BAD_RATIO)
     return VideoDataset(records, split, clip, transform=transform, backend=cfg.DATA.BACKEND,
-                        decode_short_side=cfg.DATA.DECODE_SHORT_SIDE or None, faults=faults, seed=cfg.SEED)
+                        decode_short_side=cfg.DATA.DECODE_SHORT_SIDE or None, faults=faults, seed=cfg.SEED,
+                        skip_bad=cfg.DATA.EVAL_SKIP_BAD and split in ("val", "test"))
+
+
+def model_classes(cfg) -> int | None:
+    """The number of classes a classification task's model has (MODEL.NUM_CLASSES, or
+    DATA.NUM_CLASSES when that is 0): labels must be below it. None for pretraining configs."""
+    if cfg.TASK == "pretrain":
+        return None
+    return cfg.MODEL.NUM_CLASSES or cfg.DATA.NUM_CLASSES or None
+
+
+def class_names(cfg, num_classes: int | None = None) -> list[str] | None:
+    """Names from `classes.json` (`{name: label}`) next to the lists, in label order, if there is
+    one; it must name at least the model's `num_classes`."""
+    path = os.path.join(cfg.DATA.LIST_DIR, "classes.json") if cfg.DATA.LIST_DIR else ""
+    if not (path and os.path.exists(path)):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            mapping = json.load(handle)
+        names = sorted(mapping, key=lambda k: int(mapping[k]))
+    except (ValueError, TypeError, AttributeError) as err:
+        raise AnnotationError(f"{path}: not a JSON object of class name -> label ({err})") from None
+    if num_classes is not None and len(names) < num_classes:
+        raise AnnotationError(f"{path} names {len(names)} classes but the model has {num_classes} "
+                              "(MODEL.NUM_CLASSES, or DATA.NUM_CLASSES when that is 0)")
+    return names
 
 
 def build_train_loader(cfg, dataset: VideoDataset, world: int, rank: int):
+    batch, accum = cfg.TRAIN.BATCH_SIZE, cfg.TRAIN.ACCUM_STEPS
+    if len(dataset) < batch * world * accum:
+        listed = dataset.records[0].where.rsplit(":", 1)[0] if dataset.records else "the training list"
+        raise ConfigError(f"{listed} has {len(dataset)} videos, fewer than one global batch of {batch * world * accum} "
+                          f"(TRAIN.BATCH_SIZE {batch} x {world} processes x TRAIN.ACCUM_STEPS {accum}); "
+                          "lower TRAIN.BATCH_SIZE or TRAIN.ACCUM_STEPS")
     sampler = GlobalBatchSampler(len(dataset), cfg.TRAIN.BATCH_SIZE, world, rank, cfg.TRAIN.ACCUM_STEPS, cfg.SEED)
     workers = cfg.DATA.NUM_WORKERS
     loader = torch.utils.data.DataLoader(

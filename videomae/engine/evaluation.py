@@ -9,7 +9,8 @@ import os
 import numpy as np
 import torch
 
-from .data import build_eval_loader
+from ..data import EvalVideoError
+from .data import build_eval_loader, class_names
 from .host import to_numpy
 from .tasks import normalize_on_device
 
@@ -20,9 +21,13 @@ class ViewMergeError(RuntimeError):
 
 @torch.no_grad()
 def predict_views(model_fn, loader, device) -> list[tuple]:
-    """(video index, clip, crop, softmax probabilities) for every view this rank evaluates."""
+    """(video index, clip, crop, softmax probabilities) for every view this rank evaluates; a view
+    skipped because its video failed to load (DATA.EVAL_SKIP_BAD) has None for probabilities."""
     rows = []
     for batch in loader:
+        rows += [(int(index), int(clip), int(crop), None) for index, clip, crop, _ in batch.get("bad", [])]
+        if "video" not in batch:
+            continue
         logits = model_fn(normalize_on_device(batch["video"], device)).float()
         probs = to_numpy(torch.softmax(logits, dim=-1))
         clips = batch.get("clip_index", torch.zeros_like(batch["index"]))
@@ -42,7 +47,9 @@ def gather_rows(rows: list) -> list:
 
 def merge_views(rows: list, num_videos: int, views_per_video: int) -> np.ndarray:
     """Average softmax over the views of each video -> (num_videos, classes). Every view must be
-    present exactly once: a duplicate or a missing view is an error, never silently averaged."""
+    present exactly once: a duplicate or a missing view is an error, never silently averaged.
+    A video with a skipped view (probabilities None) gets a row of NaN: it is left out of the
+    metrics and listed as skipped, not judged on its other views."""
     seen: dict[int, dict[tuple, np.ndarray]] = {}
     for index, clip, crop, probs in rows:
         views = seen.setdefault(index, {})
@@ -54,7 +61,12 @@ def merge_views(rows: list, num_videos: int, views_per_video: int) -> np.ndarray
         i = missing[0]
         raise ViewMergeError(f"{len(missing)} videos lack views, e.g. video {i} has {len(seen.get(i, {}))} "
                              f"of {views_per_video}")
-    return np.stack([np.mean([seen[i][v] for v in sorted(seen[i])], axis=0) for i in range(num_videos)])
+    num_classes = next((len(p) for views in seen.values() for p in views.values() if p is not None), None)
+    if num_classes is None:
+        raise EvalVideoError(f"all {num_videos} videos failed to load; is DATA.ROOT right?")
+    skipped = np.full(num_classes, np.nan, dtype=np.float32)
+    return np.stack([skipped if any(p is None for p in seen[i].values())
+                     else np.mean([seen[i][v] for v in sorted(seen[i])], axis=0) for i in range(num_videos)])
 
 
 def predict_dataset(model_fn, cfg, dataset, world: int, rank: int, device) -> np.ndarray:
@@ -66,34 +78,35 @@ def predict_dataset(model_fn, cfg, dataset, world: int, rank: int, device) -> np
 
 def test_report(cfg, dataset, probs: np.ndarray, out_dir: str, is_main: bool) -> dict:
     """Metrics of the multi-view test; the main process also writes the reports and
-    `test_metrics.json` to `out_dir`."""
+    `test_metrics.json` to `out_dir`. Skipped videos (NaN rows) are counted and listed there."""
     metrics = classification_metrics(probs, np.array([r.label for r in dataset.records]))
     metrics["views"] = f"{cfg.DATA.TEST_NUM_CLIPS}x{cfg.DATA.TEST_NUM_CROPS}"
+    kept = ~np.isnan(probs).any(1)
+    if cfg.DATA.EVAL_SKIP_BAD:   # asked for: say how many were skipped, also when none was
+        metrics["skipped"] = int((~kept).sum())
+        metrics["skipped_videos"] = [f"{r.where} {r.path}" for r, k in zip(dataset.records, kept) if not k]
     if is_main:
-        write_reports(out_dir, "test", probs, dataset.records, class_names(cfg))
+        records = [r for r, k in zip(dataset.records, kept) if k]
+        write_reports(out_dir, "test", probs[kept], records, class_names(cfg))
         with open(os.path.join(out_dir, "test_metrics.json"), "w") as handle:
             json.dump(metrics, handle, indent=1)
     return metrics
 
 
-def class_names(cfg) -> list[str] | None:
-    """Names from `classes.json` next to the lists, in label order, if there is one."""
-    path = os.path.join(cfg.DATA.LIST_DIR, "classes.json") if cfg.DATA.LIST_DIR else ""
-    if not (path and os.path.exists(path)):
-        return None
-    with open(path) as handle:
-        mapping = json.load(handle)
-    return sorted(mapping, key=lambda k: int(mapping[k]))
-
-
 def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """top-1, top-5 and mean per-class accuracy over the videos with predictions; `skipped`
+    counts the rows of NaN (videos that failed to load, skipped on request)."""
+    kept = ~np.isnan(probs).any(1)
+    skipped = int((~kept).sum())
+    probs, labels = probs[kept], labels[kept]
     k = min(5, probs.shape[1])
     top = np.argsort(-probs, axis=1)[:, :k]
     top1 = float((top[:, 0] == labels).mean() * 100)
     top5 = float((top == labels[:, None]).any(1).mean() * 100)
     classes = np.unique(labels)
     per_class = float(np.mean([(top[labels == c, 0] == c).mean() for c in classes]) * 100)
-    return {"top1": top1, "top5": top5, "mean_class_acc": per_class, "videos": int(len(labels))}
+    metrics = {"top1": top1, "top5": top5, "mean_class_acc": per_class, "videos": int(len(labels))}
+    return {**metrics, "skipped": skipped} if skipped else metrics
 
 
 def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -134,6 +134,7 @@ class Trainer:
         self.total_steps = self._total_steps()
         self.warmup_steps = cfg.TRAIN.WARMUP_EPOCHS * self.steps_per_epoch
         self.preemption = Preemption()
+        self.requeued = False
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                        enabled=cfg.DEEPSPEED.PRECISION == "bf16")
         self.stats = StepStats(self.device, self.info.world_size)
@@ -302,7 +303,7 @@ class Trainer:
                 self.log.info(f"epoch {self.epoch} val: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         self.preempt_vote.close()
         if status == "preempted":
-            return {"status": status, "step": self.step}
+            return {"status": status, "step": self.step, "requeued": self.requeued}
         if self.diverging:
             self._raise_diverged(ended=True)
         if ckpt.latest_tag(self.ckpt_dir) != ckpt.tag_for(self.step):
@@ -490,6 +491,8 @@ class Trainer:
         self.log.info(f"{self.preemption.signal_name or 'signal'} received: checkpointing at step {self.step}")
         self.save_checkpoint()
         message = requeue_slurm_job() if self.info.is_main else ""
+        # only rank 0 asks SLURM; the others go by whether they run in a SLURM job at all
+        self.requeued = message.startswith("requeued") if self.info.is_main else "SLURM_JOB_ID" in os.environ
         self.log.info(message)
         self.log.record("preempted", self.step, requeue=message)
         barrier()
