@@ -4,7 +4,6 @@ start-up noise). With a GPU (`make test-gpu`) the `device` fixture and the tools
 import json
 import time
 
-import pytest
 import torch
 
 from helpers import TINY, run_tool, run_train

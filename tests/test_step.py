@@ -1,5 +1,6 @@
 """The lean training step: device-side bookkeeping, skipped non-finite updates, the preemption vote
 one step late across ranks, MFU figures, fp16 loss scaling."""
+import json
 import math
 import os
 
@@ -108,3 +109,29 @@ def test_fp16_loss_scale_halves_on_overflow_and_grows_after_a_clean_window(monke
     for _ in range(2):
         scaler.update_scale(False)
     assert scaler.cur_scale == 65536.0
+
+
+def test_preemption_outside_slurm_checkpoints_and_exits_75(tmp_path, synthetic_root):
+    """SIGUSR1 (what SLURM sends before a time limit) outside SLURM: the step finishes, a complete
+    checkpoint is written, the exit code is 75 with the command that resumes, and that resumes."""
+    import signal
+    import subprocess
+    import time as clock
+
+    from helpers import PYTHON, ROOT, env, train_args
+
+    out = tmp_path / "run"
+    environment = {k: v for k, v in env().items() if not k.startswith("SLURM_")}
+    proc = subprocess.Popen([PYTHON, *map(str, train_args(out, synthetic_root, "TRAIN.MAX_STEPS", 10**6))], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    deadline = clock.monotonic() + 300
+    while clock.monotonic() < deadline and not (out / "metrics.jsonl").exists():
+        clock.sleep(0.5)
+    clock.sleep(2)
+    proc.send_signal(signal.SIGUSR1)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 75, stderr[-3000:]
+    assert "resume with the same command" in stderr and "Traceback" not in stderr
+    preempted = [json.loads(line) for line in open(out / "metrics.jsonl") if '"preempted"' in line]
+    step = preempted[-1]["step"]
+    assert (out / "checkpoints" / f"step_{step:08d}" / "COMPLETE").exists()

@@ -161,7 +161,6 @@ def test_zero_shards_optimizer_state(stage):
 
 
 def test_deepspeed_launcher(tmp_path, synthetic_root):
-    import os
     import subprocess
     import sys
 

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
 
     from videomae.convert import CheckpointError, load_checkpoint
     from videomae.engine.classification import build_classifier_from_cfg
-    from videomae.engine.config import ConfigError, checkpoint_config
+    from videomae.engine.config import checkpoint_config
     from videomae.engine.data import build_dataset, build_eval_loader
     from videomae.engine.distributed import init_distributed
     from videomae.engine.host import to_numpy
