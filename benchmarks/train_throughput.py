@@ -6,8 +6,8 @@
   - end-to-end: `Trainer.fit` over --epochs whole epochs, the real training path.
 
 It prints end-to-end / model-only, the share of time the step waited for data, the stall at each
-epoch boundary (the first step of an epoch minus a steady step), and the loader's memory (RSS of
-the main process plus the workers) at each epoch.
+epoch boundary (the first step of an epoch minus a steady step), and the memory (RSS) of the main process
+and of the loader workers at each epoch.
 
     python benchmarks/train_throughput.py                       # on a GPU: ViT-B 16x224
     python benchmarks/train_throughput.py --demand 0.8          # CPU: a consumer asking 80% of the loader rate
@@ -43,16 +43,15 @@ from videomae.engine.config import load_config  # noqa: E402
 from videomae.engine.data import build_dataset, build_train_loader  # noqa: E402
 
 
-def loader_rss_mb(loader) -> float:
-    """RSS of the main process and the loader's worker processes, MB."""
-    procs = [psutil.Process()]
+def loader_rss_mb(loader) -> tuple[float, float]:
+    """RSS of the main process and summed over the loader's worker processes, MB."""
     iterator = getattr(loader.loader, "_iterator", None)
-    procs += [psutil.Process(w.pid) for w in getattr(iterator, "_workers", []) if w.is_alive()]
-    return sum(p.memory_info().rss for p in procs) / 2**20
+    workers = [psutil.Process(w.pid) for w in getattr(iterator, "_workers", []) if w.is_alive()]
+    return psutil.Process().memory_info().rss / 2**20, sum(p.memory_info().rss for p in workers) / 2**20
 
 
 def make_trainer_class(consumer_ms: float | None, marks: list, rss: list):
-    from videomae.engine.tasks import build_task
+    from videomae.engine.tasks import PretrainTask
     from videomae.engine.trainer import Trainer
 
     class MeasuredTrainer(Trainer):
@@ -72,7 +71,7 @@ def make_trainer_class(consumer_ms: float | None, marks: list, rss: list):
             marks[-1] += (time.perf_counter(),)
             return lr
 
-    return MeasuredTrainer, build_task
+    return MeasuredTrainer, PretrainTask
 
 
 def model_only(trainer, batch: dict, steps: int, warmup: int) -> float:
@@ -134,7 +133,7 @@ def main():
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--model-steps", type=int, default=10)
-    parser.add_argument("--loader-epochs", type=float, default=1.0)
+    parser.add_argument("--loader-epochs", type=float, default=2.0)
     parser.add_argument("--consumer-ms", type=float, default=None, help="a fixed wait as the model step")
     parser.add_argument("--demand", type=float, default=None, help="consumer asking this share of the "
                         "loader-only rate (sets --consumer-ms)")
@@ -170,8 +169,8 @@ def main():
         consumer_ms = 1000 * clips_per_step / (args.demand * loader_rate) / cfg.TRAIN.ACCUM_STEPS
 
     marks, rss = [], []
-    trainer_cls, build_task = make_trainer_class(consumer_ms, marks, rss)
-    trainer = trainer_cls(cfg, build_task(cfg))
+    trainer_cls, task_cls = make_trainer_class(consumer_ms, marks, rss)
+    trainer = trainer_cls(cfg, task_cls(cfg))
     if consumer_ms is None:
         video = torch.randint(0, 256, (batch * args.repeats, 3, args.frames, args.size, args.size), dtype=torch.uint8)
         fake = {"video": video.pin_memory() if cuda else video, "label": torch.zeros(video.shape[0], dtype=torch.long),
@@ -205,8 +204,8 @@ def main():
     print(f"  data wait        {sum(waits) / (sum(waits) + busy):.1%} of the step loop")
     print(f"  epoch-boundary stall (s, first step of an epoch minus a steady {steady:.3f} s): "
           + ", ".join(f"{s:+.3f}" for s in stalls))
-    print(f"  loader RSS (MB, main + workers, at each epoch start): " + ", ".join(f"{r:.0f}" for r in rss)
-          + (f"  (last / first {rss[-1] / rss[0]:.2f})" if rss else ""))
+    print("  RSS at each epoch start, MB, main process / workers: " + ", ".join(f"{m:.0f}/{w:.0f}" for m, w in rss)
+          + (f"  (workers last / first {rss[-1][1] / rss[0][1]:.2f})" if rss and rss[0][1] else ""))
     print(f"  wall {time.perf_counter() - start:.1f} s, outputs in {out}")
     trainer.loader.shutdown()
 
