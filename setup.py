@@ -29,5 +29,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=7", "transformers>=4.23.1", "scikit-video"],
+        # optional decoder (DATA.BACKEND torchcodec): each release is built for one torch release
+        # (0.17: torch 2.14) and needs FFmpeg's shared libraries, e.g. Debian's `ffmpeg` package
+        "torchcodec": ["torchcodec==0.17.*"],
     },
 )

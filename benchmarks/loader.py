@@ -3,7 +3,7 @@
   - decode-only ceiling: open the video and decode the clip's frames, nothing else;
   - the pretraining pipeline (sampling + decode + multi-scale crop to --size), K = 1;
   - the same with repeated sampling, K = --repeats clips cut from one decode;
-  for decord and PyAV.
+  for decord, PyAV and torchcodec (optional: `pip install -e '.[torchcodec]'` and FFmpeg's libraries).
 
     python benchmarks/loader.py                              # generated 320x240 videos
     python benchmarks/loader.py --list lists/k400/train.csv --root /data/k400 --videos 200
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from videomae.data import ClipConfig, VideoDataset, open_video, read_video_list
+from videomae.data.decoding import decord_available, torchcodec_available
 from videomae.data.synthetic import make_synthetic_dataset
 
 
@@ -46,7 +47,7 @@ def main():
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--backends", default="decord,pyav")
+    parser.add_argument("--backends", default=None, help="default: decord, pyav and torchcodec, those installed")
     parser.add_argument("--video-frames", type=int, default=300, help="generated: 10 s at 30 fps, as K400")
     parser.add_argument("--keyint", type=int, default=250, help="generated: keyframe interval (x264 "
                         "default, as downloaded videos); 16 mimics datasets/reencode.py")
@@ -72,7 +73,9 @@ def main():
                                 backend=backend)
                 for k in (1, args.repeats)}
 
-    for backend in args.backends.split(","):
+    backends = args.backends.split(",") if args.backends else \
+        [b for b, ok in (("decord", decord_available()), ("pyav", True), ("torchcodec", torchcodec_available())) if ok]
+    for backend in backends:
         ds = datasets(backend)
 
         def decode_only(i, backend=backend):

@@ -6,7 +6,10 @@ one item, ordered video-major). `collate_clips` flattens repeated clips into the
 """
 from __future__ import annotations
 
+import atexit
 import os
+import signal
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,7 +92,9 @@ class VideoDataset(Dataset):
         return self.clip.num_clips * self.clip.num_crops if self.mode == "test" else 1
 
     def set_epoch(self, epoch: int) -> None:
-        """Augmentation randomness is a function of (seed, epoch, index): resumable, worker-free."""
+        """The epoch of plain integer indices: their augmentation is a function of (seed, epoch,
+        index). The training loader passes `ItemKey`s instead, which carry their epoch, so its
+        persistent workers need no epoch state."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -145,9 +150,15 @@ class VideoDataset(Dataset):
             return {**item, "clip_index": clip_index, "crop_index": crop_index}
         if not self.training:
             return self._load_eval(i)
-        index = i
+        if isinstance(i, tuple):
+            # an ItemKey (epoch, step, global row, index) from the training sampler: the draw
+            # depends on the item's place in the run only, not on worker, rank or world size
+            *place, index = i
+        else:
+            place, index = None, i
         for attempt in range(self.faults.max_retries + 1):
-            rng = np.random.default_rng([self.seed, self.epoch, index, attempt])
+            key = [*place, attempt] if place is not None else [self.epoch, index, attempt]
+            rng = np.random.default_rng([self.seed, *key])
             self.faults.seen += 1
             try:
                 return self._load(index, rng)
@@ -212,9 +223,37 @@ def read_failure_log(path: str | os.PathLike) -> list[str]:
         return [line.split("\t", 1)[0] for line in handle if line.strip()]
 
 
+# Loaders whose worker processes outlive an iteration (persistent workers). Workers ignore
+# SIGTERM, so multiprocessing's exit hook, which terminates daemonic children with SIGTERM and
+# then joins them, would wait forever: this hook (registered later, so run earlier) asks them to
+# stop the ordinary way first.
+_PERSISTENT = weakref.WeakSet()
+
+
+def shut_down_on_exit(loader):
+    """Register a loader (anything with `shutdown()`, or a DataLoader) for a clean stop at exit."""
+    _PERSISTENT.add(loader)
+    return loader
+
+
+@atexit.register
+def _shut_down_loaders() -> None:
+    for loader in list(_PERSISTENT):
+        if hasattr(loader, "shutdown"):
+            loader.shutdown()
+            continue
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+
 def worker_init(_worker_id: int) -> None:
     # many workers x many intra-op threads oversubscribe the CPU that decoding needs
     torch.set_num_threads(1)
+    # the main process owns shutdown: a SIGTERM/SIGINT sent to the whole process group (SLURM
+    # preemption, Ctrl-C) must not kill workers under a trainer that is still checkpointing
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_loader(dataset: VideoDataset, batch_size: int, num_workers: int = 4, shuffle: bool | None = None,
@@ -224,13 +263,13 @@ def make_loader(dataset: VideoDataset, batch_size: int, num_workers: int = 4, sh
     flattened."""
     training = getattr(dataset, "training", False)  # a Subset of a dataset evaluates
     generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(
+    return shut_down_on_exit(torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers,
         shuffle=(training if shuffle is None else shuffle) if sampler is None else False,
         sampler=sampler, drop_last=training if drop_last is None else drop_last,
         collate_fn=collate_clips, pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0, timeout=timeout if num_workers > 0 else 0,
         worker_init_fn=worker_init, generator=generator,
-        prefetch_factor=4 if num_workers > 0 else None)
+        prefetch_factor=4 if num_workers > 0 else None))
 
 

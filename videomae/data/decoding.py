@@ -1,11 +1,11 @@
-"""Video decoding behind one small interface: decord (default) and PyAV.
+"""Video decoding behind one small interface: decord (default), PyAV and torchcodec (optional).
 
     reader = open_video("clip.mp4")            # or bytes, or backend="pyav"
     len(reader), reader.fps
     frames = reader.get_frames([0, 2, 4])      # uint8 numpy (T, H, W, C), RGB
 
-`open_video` falls back to PyAV when decord is not installed or cannot open the file; a file that
-neither backend reads raises `VideoDecodeError` naming it.
+`open_video` falls back to PyAV when decord is not installed, or when decord or torchcodec cannot
+open the file; a file that no backend reads raises `VideoDecodeError` naming it.
 """
 from __future__ import annotations
 
@@ -131,6 +131,8 @@ class PyAVReader(VideoReader):
                 raise VideoDecodeError(f"{self.name} has no video stream")
             self._stream = self._container.streams.video[0]
             self._stream.thread_type = "AUTO" if num_threads != 1 else "SLICE"
+            # FFmpeg's default (0) starts a thread per core in every loader worker
+            self._stream.thread_count = max(num_threads, 0)
             self._len = self._count_frames()
         except VideoDecodeError:
             raise
@@ -187,6 +189,60 @@ class PyAVReader(VideoReader):
         self._container.close()
 
 
+class TorchCodecReader(VideoReader):
+    """torchcodec: FFmpeg through torch's own bindings (needs FFmpeg's shared libraries, e.g.
+    Debian's `ffmpeg` package). Frames come straight into a uint8 tensor; `seek_mode="approximate"`
+    takes the frame count and positions from the header instead of scanning the file, and falls
+    back to an exact scan where the header has no frame count (some webm files). A short side
+    given is applied by FFmpeg while decoding."""
+
+    backend = "torchcodec"
+
+    def __init__(self, source: Source, short_side: int | None = None, num_threads: int = 1):
+        from torchcodec.decoders import VideoDecoder
+
+        self.name = _name(source)
+        self._open = lambda mode, transforms=None: VideoDecoder(
+            source if isinstance(source, (bytes, bytearray)) else os.fspath(source), seek_mode=mode,
+            dimension_order="NHWC", num_ffmpeg_threads=num_threads, transforms=transforms)
+        try:
+            mode = "approximate"
+            self._dec = self._open(mode)
+            meta = self._dec.metadata
+            if not meta.num_frames:
+                mode = "exact"
+                self._dec = self._open(mode)
+                meta = self._dec.metadata
+            if short_side:
+                from torchcodec.transforms import Resize
+
+                size = short_side_size(meta.height, meta.width, short_side)
+                if size != (meta.height, meta.width):
+                    self._dec = self._open(mode, [Resize(size)])
+            self._len, self._fps = int(meta.num_frames or 0), float(meta.average_fps or 0.0)
+        except Exception as err:
+            raise VideoDecodeError(f"torchcodec cannot open {self.name}: {err}") from err
+        if self._len == 0:
+            raise VideoDecodeError(f"{self.name} has no video frames")
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def fps(self) -> float:
+        return self._fps
+
+    def get_frames(self, indices) -> np.ndarray:
+        indices = self._check(indices)
+        try:
+            return self._dec.get_frames_at(indices).data.numpy()
+        except Exception as err:
+            raise VideoDecodeError(f"torchcodec cannot decode frames {indices[:4]}... of {self.name}: {err}") from err
+
+    def close(self) -> None:
+        self._dec = None
+
+
 def probe_size(source: Source) -> tuple[int, int]:
     """(height, width) of the first video stream, read from the container header."""
     import av
@@ -199,13 +255,21 @@ def probe_size(source: Source) -> tuple[int, int]:
         raise VideoDecodeError(f"cannot read the size of {_name(source)}: {err}") from err
 
 
-BACKENDS = {"decord": DecordReader, "pyav": PyAVReader}
+BACKENDS = {"decord": DecordReader, "pyav": PyAVReader, "torchcodec": TorchCodecReader}
 
 
 def decord_available() -> bool:
     try:
         import decord  # noqa: F401
     except ImportError:
+        return False
+    return True
+
+
+def torchcodec_available() -> bool:
+    try:
+        import torchcodec.decoders  # noqa: F401 -- raises RuntimeError where FFmpeg's libraries are missing
+    except (ImportError, RuntimeError, OSError):
         return False
     return True
 
@@ -225,10 +289,14 @@ def open_video(source: Source, backend: str = "decord", short_side: int | None =
         if not fallback:
             raise ImportError("decord is not installed; use backend='pyav'")
         backend = "pyav"
+    if backend == "torchcodec" and not torchcodec_available():
+        raise ImportError("DATA.BACKEND torchcodec: torchcodec is not installed or cannot load FFmpeg's shared "
+                          "libraries; pip install 'videomae[torchcodec]' and install FFmpeg (Debian: apt-get "
+                          "install ffmpeg), or choose decord or pyav")
     try:
         return BACKENDS[backend](source, short_side=short_side, num_threads=num_threads)
     except VideoDecodeError as first:
-        if backend != "decord" or not fallback:
+        if backend == "pyav" or not fallback:
             raise
         try:
             return PyAVReader(source, short_side=short_side, num_threads=num_threads)

@@ -123,7 +123,7 @@ _CHOICES = {
     "DATA.DATASET": ("ssv2", "kinetics", "synthetic", "custom"),
     "DATA.LIST_FORMAT": ("video", "rawframes", "v2_pretrain"),
     "DATA.FINETUNE_SAMPLING": ("segment", "dense"),
-    "DATA.BACKEND": ("decord", "pyav"),
+    "DATA.BACKEND": ("decord", "pyav", "torchcodec"),
     "DEEPSPEED.ZERO_STAGE": (0, 1, 2, 3),
     "DEEPSPEED.PRECISION": ("fp32", "bf16", "fp16"),
     "TRAIN.OPTIMIZER": ("adamw", "adamw_foreach", "adamw_loop"),

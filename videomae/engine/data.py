@@ -5,25 +5,49 @@ batches of `batch x world x accum` videos; micro-step m of rank r takes chunk `m
 The samples of a global batch therefore do not depend on how it is split into ranks and
 accumulation steps, which is what lets a run resume on a different world size with the same
 trajectory. Resuming mid-epoch skips the batches already consumed.
+
+Every item goes out as an `ItemKey` (epoch, step, global row, index): the dataset seeds the item's
+augmentation from it, so loader workers need no epoch state and persist for the whole run. One
+sampler iteration runs across all epochs and `TrainLoader` hands the trainer one epoch of it at a
+time, so workers keep prefetching over epoch boundaries (and through evaluation). A micro-batch
+is cut into parts of about `batch / workers` items, one per worker task, so after a start all
+workers decode the first batch together instead of one worker decoding it alone.
 """
 from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ..data import AnnotationError, ClipConfig, FaultPolicy, VideoDataset, make_loader, read_video_list
-from ..data.datasets import collate_clips, worker_init
+from ..data.datasets import collate_clips, shut_down_on_exit, worker_init
+from .distributed import use_cuda
 from ..data.transforms import finetune_train_transform, pretrain_transform
 from .config import ConfigError
 
 
+class ItemKey(NamedTuple):
+    """What a training item is: its position in the run and the video it reads."""
+    epoch: int
+    step: int     # optimizer step within the epoch
+    row: int      # row of the global batch (0 .. batch x world x accum - 1)
+    index: int    # video in the list
+
+
 class GlobalBatchSampler(torch.utils.data.Sampler):
-    def __init__(self, num_items: int, batch: int, world: int, rank: int, accum: int, seed: int):
+    """Yields lists of `ItemKey`s: the parts (of `part_size` items) of this rank's micro-batches,
+    in order, from (epoch, start_step) on through the last epoch (`epochs`; None: without end)."""
+
+    def __init__(self, num_items: int, batch: int, world: int, rank: int, accum: int, seed: int,
+                 epochs: int | None = None, part_size: int | None = None):
         self.num_items, self.batch, self.world, self.rank, self.accum = num_items, batch, world, rank, accum
         self.seed, self.epoch, self.start_step = seed, 0, 0
+        self.epochs, self.part_size = epochs, part_size or batch
         self.global_batch = batch * world * accum
         if num_items < self.global_batch:
             raise ValueError(f"the training list has {num_items} videos, fewer than one global batch "
@@ -33,19 +57,184 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
     def steps_per_epoch(self) -> int:
         return self.num_items // self.global_batch
 
+    @property
+    def parts(self) -> int:
+        """Parts per micro-batch."""
+        return -(-self.batch // self.part_size)
+
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Where the next iteration starts."""
         self.epoch, self.start_step = epoch, start_step
 
+    def order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_items)
+
+    def micro_batch(self, epoch: int, step: int, micro: int, order: np.ndarray | None = None) -> list[ItemKey]:
+        """This rank's keys for micro-step `micro` of `step`: rows of chunk `micro * world + rank`."""
+        order = self.order(epoch) if order is None else order
+        base, first = step * self.global_batch, (micro * self.world + self.rank) * self.batch
+        return [ItemKey(epoch, step, row, int(order[base + row])) for row in range(first, first + self.batch)]
+
     def __iter__(self):
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
-        for step in range(self.start_step, self.steps_per_epoch):
-            chunk = order[step * self.global_batch:(step + 1) * self.global_batch]
-            for micro in range(self.accum):
-                c = micro * self.world + self.rank
-                yield chunk[c * self.batch:(c + 1) * self.batch].tolist()
+        epoch, start = self.epoch, self.start_step
+        while self.epochs is None or epoch < self.epochs:
+            order = self.order(epoch)
+            for step in range(start, self.steps_per_epoch):
+                for micro in range(self.accum):
+                    keys = self.micro_batch(epoch, step, micro, order)
+                    for i in range(0, self.batch, self.part_size):
+                        yield keys[i:i + self.part_size]
+            epoch, start = epoch + 1, 0
 
     def __len__(self) -> int:
-        return (self.steps_per_epoch - self.start_step) * self.accum
+        if self.epochs is None:
+            raise TypeError("the training sampler runs without end (epochs=None)")
+        steps = (self.epochs - self.epoch) * self.steps_per_epoch - self.start_step
+        return max(steps, 0) * self.accum * self.parts
+
+
+def join_parts(parts: list[dict], pin: bool = False) -> dict:
+    """One micro-batch from its parts (collated by the workers), in order; into pinned memory with
+    `pin`, so the step's host-to-device copy runs asynchronously."""
+    if len(parts) == 1 and not pin:
+        return parts[0]
+    out = {}
+    for key, first in parts[0].items():
+        values = [part[key] for part in parts]
+        if isinstance(first, torch.Tensor):
+            shape = (sum(v.shape[0] for v in values), *first.shape[1:])
+            out[key] = torch.cat(values, out=torch.empty(shape, dtype=first.dtype, pin_memory=pin))
+        else:
+            out[key] = [x for v in values for x in v]
+    return out
+
+
+class _Error:
+    def __init__(self, err: BaseException):
+        self.err = err
+
+
+class _Joiner(threading.Thread):
+    """Pulls parts from the DataLoader's iterator and joins them into micro-batches while the
+    main process runs the step (torch.cat releases the GIL); at most `depth` wait."""
+
+    def __init__(self, iterator, parts: int, pin: bool, depth: int = 2):
+        super().__init__(name="videomae-batch-joiner", daemon=True)
+        self.iterator, self.parts, self.pin = iterator, parts, pin
+        self.queue: queue.Queue = queue.Queue(depth)
+        self.stopping = threading.Event()
+        self.device = torch.cuda.current_device() if pin else None
+
+    def run(self):
+        if self.device is not None:  # pinned memory belongs to this rank's GPU, as in torch's pin thread
+            torch.cuda.set_device(self.device)
+        try:
+            while not self.stopping.is_set():
+                self._put(join_parts([next(self.iterator) for _ in range(self.parts)], self.pin))
+        except StopIteration:
+            self._put(StopIteration())
+        except BaseException as err:  # noqa: BLE001 -- re-raised in the main thread
+            if not self.stopping.is_set():
+                self._put(_Error(err))
+
+    def _put(self, value) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(value, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __next__(self) -> dict:
+        while True:
+            try:
+                value = self.queue.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self.is_alive():
+                    raise RuntimeError("the batch joiner thread stopped without a batch or an error")
+        if isinstance(value, StopIteration):
+            raise value
+        if isinstance(value, _Error):
+            raise value.err
+        return value
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=10)   # it may be waiting for one part from a worker
+
+
+class TrainLoader:
+    """The training batches of the whole run as one stream; `set_epoch(epoch, step)` places it
+    (a new stream only where the position differs from where the stream is, i.e. at the start or
+    after a resume), and iterating yields that epoch's remaining micro-batches."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, sampler: GlobalBatchSampler, pin: bool):
+        self.loader, self.sampler, self.pin = loader, sampler, pin
+        self.epoch, self.step = 0, 0
+        self._next: tuple[int, int, int] | None = None   # (epoch, step, micro) of the stream's next batch
+        self._stream = None
+        self._joiner: _Joiner | None = None
+
+    @property
+    def num_workers(self) -> int:
+        return self.loader.num_workers
+
+    def set_epoch(self, epoch: int, step: int = 0) -> None:
+        self.epoch, self.step = epoch, step
+
+    def _start(self) -> None:
+        self.close()
+        self.sampler.set_epoch(self.epoch, self.step)
+        self._stream = iter(self.loader)   # persistent workers: the same processes again
+        if self.loader.num_workers > 0:
+            self._joiner = _Joiner(self._stream, self.sampler.parts, self.pin)
+            self._joiner.start()
+        self._next = (self.epoch, self.step, 0)
+
+    def _next_batch(self) -> dict:
+        if self._joiner is not None:
+            return next(self._joiner)
+        return join_parts([next(self._stream) for _ in range(self.sampler.parts)], self.pin)
+
+    def __iter__(self):
+        if self._next != (self.epoch, self.step, 0):
+            self._start()
+        accum, steps = self.sampler.accum, self.sampler.steps_per_epoch
+        for _ in range((steps - self.step) * accum):
+            batch = self._next_batch()
+            epoch, step, micro = self._next
+            micro += 1
+            if micro == accum:
+                step, micro = step + 1, 0
+                self.step = step
+            if step == steps:
+                epoch, step = epoch + 1, 0
+            self._next = (epoch, step, micro)
+            yield batch
+
+    def close(self) -> None:
+        """Stop the joiner thread (the persistent workers stay for a restart)."""
+        if self._joiner is not None:
+            self._joiner.stop()
+            self._joiner = None
+        self._stream, self._next = None, None
+
+    def shutdown(self) -> None:
+        """Stop the joiner and the worker processes."""
+        self.close()
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self.loader._iterator = None
+
+    def __del__(self):
+        # the joiner thread keeps the DataLoader's iterator (and so its workers) alive: a loader
+        # dropped without shutdown() would leave workers that ignore SIGTERM for the exit to wait on
+        try:
+            self.shutdown()
+        except Exception:  # noqa: BLE001 -- nothing to report to at garbage collection
+            pass
 
 
 def list_path(cfg, name: str) -> str:
@@ -123,20 +312,24 @@ def class_names(cfg, num_classes: int | None = None) -> list[str] | None:
 
 
 def build_train_loader(cfg, dataset: VideoDataset, world: int, rank: int):
+    """(TrainLoader, sampler): persistent workers, each task a part of about batch / workers items,
+    pinned micro-batches where CUDA is used."""
     batch, accum = cfg.TRAIN.BATCH_SIZE, cfg.TRAIN.ACCUM_STEPS
     if len(dataset) < batch * world * accum:
         listed = dataset.records[0].where.rsplit(":", 1)[0] if dataset.records else "the training list"
         raise ConfigError(f"{listed} has {len(dataset)} videos, fewer than one global batch of {batch * world * accum} "
                           f"(TRAIN.BATCH_SIZE {batch} x {world} processes x TRAIN.ACCUM_STEPS {accum}); "
                           "lower TRAIN.BATCH_SIZE or TRAIN.ACCUM_STEPS")
-    sampler = GlobalBatchSampler(len(dataset), cfg.TRAIN.BATCH_SIZE, world, rank, cfg.TRAIN.ACCUM_STEPS, cfg.SEED)
     workers = cfg.DATA.NUM_WORKERS
+    part_size = -(-batch // min(workers, batch)) if workers > 0 else batch
+    sampler = GlobalBatchSampler(len(dataset), batch, world, rank, cfg.TRAIN.ACCUM_STEPS, cfg.SEED,
+                                 epochs=cfg.TRAIN.EPOCHS, part_size=part_size)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_clips,
-        pin_memory=torch.cuda.is_available(), persistent_workers=False,
+        pin_memory=False, persistent_workers=workers > 0,   # pinning happens when the parts are joined
         timeout=cfg.DATA.LOADER_TIMEOUT if workers > 0 else 0, worker_init_fn=worker_init,
         prefetch_factor=4 if workers > 0 else None)
-    return loader, sampler
+    return shut_down_on_exit(TrainLoader(loader, sampler, pin=use_cuda())), sampler
 
 
 def build_eval_loader(cfg, dataset: VideoDataset, world: int, rank: int):

@@ -322,8 +322,7 @@ class Trainer:
 
     def train_epoch(self) -> str:
         """Run until the epoch ends or MAX_STEPS; returns "epoch" or "preempted"."""
-        self.sampler.set_epoch(self.epoch, self.step_in_epoch)
-        self.train_set.set_epoch(self.epoch)
+        self.loader.set_epoch(self.epoch, self.step_in_epoch)  # one stream over the run: workers persist
         bar = self.log.progress(self.steps_per_epoch, self.step_in_epoch, f"epoch {self.epoch + 1}/{self.cfg.TRAIN.EPOCHS}",
                                 seconds=self.cfg.LOG.PROGRESS_SECONDS, run_total=self.total_steps, run_done=self.step)
         try:
