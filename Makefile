@@ -20,10 +20,10 @@ $(STAMP): setup.py
 
 # the everyday suite; the slow drills (many end-to-end runs each) are their own tier, run by CI too
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" --durations=15 tests
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow tests
+	$(PY) -m pytest -q -m slow --durations=15 tests
 
 # On a GPU machine whose Python already has the dependencies (docs/gpu.md): installs nothing, and
 # fails at once if torch sees no GPU; the tools under test run on cuda.

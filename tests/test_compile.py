@@ -38,6 +38,7 @@ def test_classifier_forward_has_no_graph_breaks():
     assert graph_breaks(model.eval(), video) == []
 
 
+@pytest.mark.slow
 def test_compiled_run_stopped_and_resumed_equals_the_straight_run(tmp_path, synthetic_root):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     common = ["MODEL.COMPILE", True, "MODEL.DROP_PATH", 0.1]

@@ -30,6 +30,7 @@ def train_rows(out):
     return [row for row in rows if row["type"] == "train"]
 
 
+@pytest.mark.slow
 def test_one_run_per_folder_stale_lock_and_replayed_steps(tmp_path, synthetic_root):
     """A second run in a busy folder refuses and names the holder; once the holder is killed, the
     next run takes the stale lock, removes what the killed saves left, resumes, and the steps it
@@ -89,6 +90,7 @@ def test_read_metrics_takes_the_last_row_per_step(tmp_path):
     assert [r["type"] for r in read_metrics(str(path))] == ["train", "resume", "train", "train"]
 
 
+@pytest.mark.slow
 def test_changed_config_refuses_and_another_world_size_resumes(tmp_path, synthetic_root):
     """Another recipe (lr, global batch) is refused with the keys named; 2 ranks x 2 videos continue
     what 1 process x 2 videos x 2 accumulation steps began, and equal a straight run of it."""
@@ -109,6 +111,7 @@ def test_changed_config_refuses_and_another_world_size_resumes(tmp_path, synthet
     torch.testing.assert_close(torch.tensor(losses(out)), torch.tensor(losses(reference)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_max_steps_stops_without_changing_the_schedule(tmp_path, synthetic_root):
     """Stopping at 3 and resuming equals the straight run of the 6-step schedule (no warmup, so
     every step is on the cosine, which a MAX_STEPS horizon would have compressed)."""
@@ -140,6 +143,7 @@ tasks.PretrainTask.train_step = train_step
 """
 
 
+@pytest.mark.slow
 def test_divergence_stops_at_the_last_good_checkpoint(tmp_path, synthetic_root):
     """A finite blow-up from step 5: the checkpoint of step 5 (between log steps) is not written,
     two suspect log steps (6, 8) stop the run with exit 1, naming step 4's checkpoint."""
@@ -183,6 +187,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("part,code,what,cause", [
     ("/checkpoints/", errno.ENOSPC, "checkpoint", "no space left on the device (disk full) (ENOSPC)"),
     ("model.pt", errno.ENOSPC, "the weights", "no space left on the device (disk full) (ENOSPC)"),

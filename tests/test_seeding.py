@@ -68,6 +68,7 @@ def test_global_generators_seeded_per_micro_batch():
     assert len({scalar_seed(s, t, r) for s in range(20) for t in range(20) for r in range(20)}) == 8000
 
 
+@pytest.mark.slow
 def test_drop_path_same_losses_on_one_rank_with_accumulation_and_on_two_ranks(tmp_path, synthetic_root):
     common = ["TRAIN.BATCH_SIZE", 2, "MODEL.DROP_PATH", 0.5, "TRAIN.MAX_STEPS", 2]
     run_train(tmp_path / "accum", synthetic_root, *common, "TRAIN.ACCUM_STEPS", 2)

@@ -141,6 +141,7 @@ def test_pretraining_starts_from_pretrained_weights(tmp_path, synthetic_root):
     assert refused.returncode == 1 and "checkpoint not found" in refused.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [2])
 def test_zero_shards_optimizer_state(stage):
     import importlib.util
@@ -175,6 +176,7 @@ def test_deepspeed_launcher(tmp_path, synthetic_root):
     assert "on 2 process(es) (torchrun" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_compiled_model_trains_like_eager(tmp_path, synthetic_root):
     """MODEL.COMPILE wraps the DeepSpeed engine's module in torch.compile; same losses as eager."""
     run_train(tmp_path / "eager", synthetic_root, "TRAIN.MAX_STEPS", 2)

@@ -123,6 +123,7 @@ def bits(tensor):
     return tensor.contiguous().flatten().view(torch.uint8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage, precision, nproc", ZERO_RUNS)
 def test_reader_equals_deepspeed_consolidation(zero_run, stage, precision, nproc):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
