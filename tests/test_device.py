@@ -4,6 +4,7 @@ start-up noise). With a GPU (`make test-gpu`) the `device` fixture and the tools
 import json
 import time
 
+import pytest
 import torch
 
 from helpers import TINY, run_tool, run_train
@@ -52,6 +53,7 @@ def test_bf16_loss_is_close_to_fp32(device, tiny_kwargs):
     assert abs(float(bf16) - float(fp32)) <= 1e-2 * abs(float(fp32))
 
 
+@pytest.mark.slow
 def test_a_short_bf16_run_lowers_the_loss(tmp_path, synthetic_root):
     run_train(tmp_path / "run", synthetic_root, "TRAIN.MAX_STEPS", 24, "DEEPSPEED.PRECISION", "bf16",
               "TRAIN.WARMUP_EPOCHS", 0)

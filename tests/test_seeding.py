@@ -56,7 +56,7 @@ def test_step_context_rows_are_the_samplers_rows():
             step, micro = divmod(i, accum)
             ctx = StepContext(step, micro, rank, world, accum, seed=5)
             first = ctx.first_row(batch)
-            assert items == order[step * 12 + first: step * 12 + first + batch].tolist()
+            assert [key.index for key in items] == order[step * 12 + first: step * 12 + first + batch].tolist()
 
 
 def test_global_generators_seeded_per_micro_batch():

@@ -107,6 +107,7 @@ def test_signal_checkpoints_requeues_and_resumes(tmp_path, synthetic_root):
     assert "restart 1" in text and f"resumed from step_{preempted_at:08d}" in text
 
 
+@pytest.mark.slow
 def test_finetune_job_on_two_tasks(tmp_path, synthetic_root):
     """A pretraining checkpoint fine-tuned by a 2-task SLURM job, ending with the multi-view test
     merged across both ranks."""

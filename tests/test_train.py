@@ -21,6 +21,7 @@ def test_resume_gives_the_same_losses(tmp_path, synthetic_root, stage, precision
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_zero2_two_ranks_then_resume_on_one(tmp_path, synthetic_root):
     """ZeRO-2 with 2 gloo ranks, then the same run continued by a single process: the global batch
     is the same (2 x 2 videos, or 2 videos x 2 accumulation steps), so are the losses."""

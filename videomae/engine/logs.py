@@ -113,7 +113,7 @@ class RunLogger:
 
 class ProgressLines:
     """The progress of a run as plain lines, for streams nobody watches redraw: at most one line every
-    `seconds` (and one when the epoch ends), with the step, the fields the loop hands over, and the
+    `seconds` (and one when the run ends), with the step, the fields the loop hands over, and the
     time left for the whole run at the pace measured since this display started."""
 
     def __init__(self, desc: str, total: int, initial: int, seconds: float, run_total: int, run_done: int,
@@ -121,7 +121,7 @@ class ProgressLines:
         self.desc, self.total, self.n, self.seconds = desc, total, initial, seconds
         self.run_total, self.run_done, self.stream = run_total, run_done, stream or sys.stderr
         self.start = self.last = time.monotonic()
-        self.steps_since_start, self.fields, self.printed_at = 0, {}, initial
+        self.steps_since_start, self.fields, self.printed_at = 0, {}, run_done
 
     def set_postfix(self, refresh: bool = False, **fields) -> None:
         self.fields = fields
@@ -142,7 +142,7 @@ class ProgressLines:
         self.stream.write(f"{self.desc} step {self.n}/{self.total} (run {self.run_done}/{self.run_total})"
                           f"{' | ' + fields if fields else ''} | ETA {eta}\n")
         self.stream.flush()
-        self.printed_at = self.n
+        self.printed_at = self.run_done  # the run's count: the epoch's restarts at every epoch
 
     def write(self, message: str) -> None:
         print(message, flush=True)  # as tqdm.write does: messages on stdout, progress on stderr
@@ -151,7 +151,7 @@ class ProgressLines:
         pass  # an epoch ends silently; the run's last line comes from finish()
 
     def finish(self) -> None:
-        if self.printed_at != self.n:
+        if self.printed_at != self.run_done:
             self._print(time.monotonic())
 
 
