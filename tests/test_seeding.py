@@ -51,7 +51,7 @@ def test_step_context_rows_are_the_samplers_rows():
     batch, world, accum = 3, 2, 2
     order = np.random.default_rng([5, 0]).permutation(24)
     for rank in range(world):
-        sampler = GlobalBatchSampler(24, batch, world, rank, accum, seed=5)
+        sampler = GlobalBatchSampler(24, batch, world, rank, accum, seed=5, epochs=1)
         for i, items in enumerate(sampler):
             step, micro = divmod(i, accum)
             ctx = StepContext(step, micro, rank, world, accum, seed=5)
