@@ -125,9 +125,9 @@ def test_preemption_outside_slurm_checkpoints_and_exits_75(tmp_path, synthetic_r
     proc = subprocess.Popen([PYTHON, *map(str, train_args(out, synthetic_root, "TRAIN.MAX_STEPS", 10**6))], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
     deadline = clock.monotonic() + 300
-    while clock.monotonic() < deadline and not (out / "metrics.jsonl").exists():
-        clock.sleep(0.5)
-    clock.sleep(2)
+    metrics = out / "metrics.jsonl"
+    while clock.monotonic() < deadline and not (metrics.exists() and '"train"' in metrics.read_text()):
+        clock.sleep(0.5)   # training has started
     proc.send_signal(signal.SIGUSR1)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 75, stderr[-3000:]

@@ -85,6 +85,8 @@ class Trainer:
     def __init__(self, cfg, task):
         self.cfg, self.task = cfg, task
         self.info, self.device = init_distributed()  # first: it tells DeepSpeed which accelerator
+        # catch SLURM's warning signals from the start: one during set-up is acted on at the first step
+        self.preemption = Preemption()
         from .quiet import import_deepspeed
 
         deepspeed = import_deepspeed()
@@ -138,7 +140,6 @@ class Trainer:
                               "leave TRAIN.SCHEDULE_STEPS at 0")
         self.total_steps = self._total_steps()
         self.warmup_steps = cfg.TRAIN.WARMUP_EPOCHS * self.steps_per_epoch
-        self.preemption = Preemption()
         self.requeued = False
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                        enabled=cfg.DEEPSPEED.PRECISION == "bf16")
