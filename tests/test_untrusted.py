@@ -136,7 +136,8 @@ def test_reader_equals_deepspeed_consolidation(zero_run, stage, precision, nproc
     tag = (ckpt_dir / "LATEST").read_text()
     files = os.listdir(ckpt_dir / tag)
     shards = [f for f in files if f.endswith("optim_states.pt")]
-    assert len(shards) == nproc and all(f.startswith("bf16_") == (precision == "bf16") for f in shards)
+    # bf16 runs are autocast over fp32 weights: DeepSpeed keeps fp32 partitions under its plain names
+    assert len(shards) == nproc and all(f.startswith("zero_pp_rank_") for f in shards)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         reference = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     ours = read_deepspeed_folder(str(ckpt_dir / tag))
