@@ -41,16 +41,18 @@ def short_side_size(height: int, width: int, short_side: int | None) -> tuple[in
 
 
 class VideoReader:
-    """Interface: `len(reader)`, `reader.fps`, `reader.get_frames(indices)`."""
+    """Interface: `len(reader)`, `reader.fps`, `reader.get_frames(indices)`. A reader sets `_len`
+    (and `_fps`, unless it overrides `fps`) when it opens its source."""
 
     backend = "base"
+    _len, _fps = 0, 0.0
 
     def __len__(self) -> int:
-        raise NotImplementedError
+        return self._len
 
     @property
     def fps(self) -> float:
-        raise NotImplementedError
+        return self._fps
 
     def get_frames(self, indices: Sequence[int]) -> np.ndarray:
         raise NotImplementedError
@@ -93,9 +95,6 @@ class DecordReader(VideoReader):
             raise VideoDecodeError(f"decord cannot open {self.name}: {err}") from err
         if self._len == 0:
             raise VideoDecodeError(f"{self.name} has no video frames")
-
-    def __len__(self) -> int:
-        return self._len
 
     @property
     def fps(self) -> float:
@@ -148,9 +147,6 @@ class PyAVReader(VideoReader):
         self._pts = sorted(p.pts for p in self._container.demux(self._stream) if p.pts is not None and p.size)
         self._container.seek(0)
         return len(self._pts)
-
-    def __len__(self) -> int:
-        return self._len
 
     @property
     def fps(self) -> float:
@@ -224,13 +220,6 @@ class TorchCodecReader(VideoReader):
             raise VideoDecodeError(f"torchcodec cannot open {self.name}: {err}") from err
         if self._len == 0:
             raise VideoDecodeError(f"{self.name} has no video frames")
-
-    def __len__(self) -> int:
-        return self._len
-
-    @property
-    def fps(self) -> float:
-        return self._fps
 
     def get_frames(self, indices) -> np.ndarray:
         indices = self._check(indices)
@@ -324,13 +313,6 @@ class FrameFolderReader(VideoReader):
         self._short_side, self._fps = short_side, fps
         if not os.path.isdir(folder):
             raise VideoDecodeError(f"frame folder not found: {folder}")
-
-    def __len__(self) -> int:
-        return self._len
-
-    @property
-    def fps(self) -> float:
-        return self._fps
 
     def get_frames(self, indices) -> np.ndarray:
         from PIL import Image

@@ -18,6 +18,8 @@ import os
 
 import torch
 
+from .run_folder import temp_name
+
 MODEL_STATES = "mp_rank_00_model_states.pt"
 
 
@@ -84,7 +86,7 @@ class PlainEngine:
         folder = os.path.join(save_dir, tag)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, MODEL_STATES)
-        tmp = f"{path}.tmp{os.getpid()}"
+        tmp = temp_name(path)
         torch.save({"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(), **client_state}, tmp)
         os.replace(tmp, path)
 
