@@ -61,17 +61,22 @@ class BlockMasking(MaskingStrategy):
     fit below the target, the rest comes from uncovered cubes in raster order (about 4% of clips at
     ratio 0.9 on 8x14x14; raise `max_boxes` for higher ratios).
 
-    Vectorized over samples with no host reads: box b owns one bit, set along each axis where the box
-    spans, so the boxes covering a cube are `bits_t & bits_y & bits_x`, and the first of them is read
-    off the float64 exponent of that integer. One histogram per sample gives the union size after
-    every box; its cumulative sum says how many boxes fit.
+    Vectorized over samples with no host reads: box a owns one bit, set along each axis where the box
+    spans, so the boxes covering a cube are `bits_t & bits_y & bits_x`, and the first of them is the
+    lowest set bit, read off the float32 exponent of `x & -x` (a power of two, so exact). The bits
+    live in two int32 lanes of 30 boxes each (int32 work is several times cheaper than int64 on a
+    CPU thread); bit 30 is set in every lane and stands for "no box in this lane". A histogram per
+    sample and slice gives the union size after every box; its cumulative sum says how many boxes fit.
     """
+
+    LANE_BOXES = 30   # boxes per int32 lane; bit 30 is the lane's "none" sentinel
+    NONE = 2 * LANE_BOXES  # the first-box index of a cube no box covers
 
     def __init__(self, ratio: float = 0.9, min_block: int = 16, max_block: int | None = None,
                  min_frames: int = 1, max_boxes: int = 48):
         super().__init__(ratio)
-        if not 1 <= max_boxes <= 52:  # one bit each, plus bit 0, exact in a float64 mantissa
-            raise ValueError(f"block masking: max_boxes must be in 1..52, got {max_boxes}")
+        if not 1 <= max_boxes <= self.NONE:
+            raise ValueError(f"block masking: max_boxes must be in 1..{self.NONE}, got {max_boxes}")
         self.min_block, self.max_block = min_block, max_block
         self.min_frames, self.max_boxes = min_frames, max_boxes
 
@@ -85,7 +90,8 @@ class BlockMasking(MaskingStrategy):
         # six 16-bit uniforms per box from three 32-bit draws (16 bits are plenty to place a box on
         # a grid of tens of cells); float64 so every device rounds the box sizes alike
         bits = gen.bits(3 * A).view(-1, 3, A)
-        u = torch.cat([bits >> 16, bits & 0xFFFF], dim=1).double().mul_(1 / 2**16).unbind(1)  # 6 x (R, A)
+        halves = torch.cat([bits >> 16, bits & 0xFFFF], dim=1).to(torch.int32)  # int32 -> float64 is cheap
+        u = halves.double().mul_(1 / 2**16).unbind(1)                          # 6 x (R, A)
         lo_area = min(self.min_block, h * w)
         hi_area = self.max_block or max(self.min_block, int(0.4 * h * w))
         area = u[0] * (hi_area - lo_area) + lo_area
@@ -100,50 +106,70 @@ class BlockMasking(MaskingStrategy):
 
         return start(u[3], t, bt), bt, start(u[4], h, bh), bh, start(u[5], w, bw), bw
 
+    def _lane_bits(self, start, extent, size):
+        """(2, R, size) int32: per lane, the bits of the boxes spanning each index of one axis, plus
+        the sentinel bit."""
+        R, A = start.shape
+        L, dev = self.LANE_BOXES, start.device
+        box = torch.arange(A, device=dev)
+        bit = torch.where(box < L, 1 << box, (1 << (box - L)) << 32)  # lane 1 in the high word
+        edges = torch.zeros(R, size + 1, dtype=torch.int64, device=dev)
+        edges.scatter_add_(1, start, bit.expand(R, A)).scatter_add_(1, start + extent, -bit.expand(R, A))
+        both = edges[:, :size].cumsum(1)
+        lanes = torch.stack([both & 0xFFFFFFFF, both >> 32]).to(torch.int32)
+        return lanes.bitwise_or_(1 << L)
+
     def draw(self, gen, grid):
         t, h, w = grid
         R, A, target = len(gen), self.max_boxes, self.num_masked(grid)
-        dev = gen.device
+        L, dev, hw = self.LANE_BOXES, gen.device, h * w
         t0, bt, y0, bh, x0, bw = self.boxes(gen, grid)
-        # box a owns bit A-a, so the first box covering a cube is its highest set bit; bit 0 is set
-        # everywhere, so "no box" reads as box A
-        bit = (torch.ones(A, dtype=torch.int64, device=dev) << torch.arange(A, 0, -1, device=dev)).expand(R, A)
-
-        def axis_bits(start, extent, size):  # (R, size): the bits of the boxes spanning each index
-            edges = torch.zeros(R, size + 1, dtype=torch.int64, device=dev)
-            edges.scatter_add_(1, start, bit).scatter_add_(1, start + extent, -bit)
-            return edges[:, :size].cumsum(1) | 1
-
-        space = (axis_bits(y0, bh, h)[:, :, None] & axis_bits(x0, bw, w)[:, None, :]).view(R, h * w)
-        time_bits = axis_bits(t0, bt, t)
-        # float64 exponent (1023 + highest bit; exact, cover < 2**53) of each cube's cover bits
-        exponent = torch.empty(R, t, h * w, dtype=torch.uint8, device=dev)
-        per_box = torch.zeros(R * (A + 1), dtype=torch.int64, device=dev)  # histogram over A - box
-        offsets = torch.arange(-1023, R * (A + 1) - 1023, A + 1, device=dev)[:, None]
-        for ti in range(t):  # one temporal slice at a time keeps the int64 work in cache
-            e = (space & time_bits[:, ti:ti + 1]).double().view(torch.int64) >> 52      # (R, HW)
-            per_box += torch.bincount((e + offsets).flatten(), minlength=R * (A + 1))
-            exponent[:, ti] = e                                       # mod 256, undone below
-        first = torch.sub((A + 1023) % 256, exponent)                 # box index in uint8; A: none
-        per_box = per_box.view(R, A + 1).flip(1)                      # cubes first covered by box a
-        union = per_box.view(R, A + 1)[:, :A].cumsum(1)                    # union after boxes 0..k
-        taken = (union <= target).sum(1, keepdim=True)                      # whole boxes accepted
-        covered = torch.cat([union.new_zeros(R, 1), union], 1).gather(1, taken)
+        ys, xs, ts = self._lane_bits(y0, bh, h), self._lane_bits(x0, bw, w), self._lane_bits(t0, bt, t)
+        space = (ys[:, :, :, None] & xs[:, :, None, :]).view(2, R, hw)
+        ts = ts.transpose(1, 2).contiguous()                                # (2, T, R)
+        # `first` holds 127 + the first box covering each cube (the float32 exponent, kept biased so
+        # no op is spent removing the bias): 127 + NONE where no box does
+        first = torch.empty(R, t, hw, dtype=torch.uint8, device=dev)
+        # per slice and sample: how many cubes each box covers first (index_add_, not bincount,
+        # which reads the device to size its output)
+        hist = torch.zeros(t, R * 64, dtype=torch.int32, device=dev)
+        ones = torch.ones(1, dtype=torch.int32, device=dev).expand(R * hw)
+        offsets = torch.arange(-127, R * 64 - 127, 64, dtype=torch.int32, device=dev)[:, None]
+        # one temporal slice at a time, in place in preallocated buffers: the work stays in cache,
+        # and a fresh (R, H'W') tensor per op would cost more in page faults than the op itself
+        cover, neg = (torch.empty(R, hw, dtype=torch.int32, device=dev) for _ in range(2))
+        lowest = [torch.empty(R, hw, dtype=torch.float32, device=dev) for _ in range(2)]
+        for ti in range(t):
+            for lane in (0, 1):
+                torch.bitwise_and(space[lane], ts[lane, ti, :, None], out=cover)
+                cover.bitwise_and_(torch.neg(cover, out=neg))   # lowest set bit: 2**k, or 2**30
+                lowest[lane].copy_(cover).view(torch.int32).bitwise_right_shift_(23)  # 127 + k
+            index, second = (x.view(torch.int32) for x in lowest)
+            # 1 where lane 0 has no box (k = L), else 0: (k + 32 - L) >> 5, as L <= 30
+            lane0_empty = torch.sub(index, 127 - (32 - L), out=cover).bitwise_right_shift_(5)
+            index.add_(second.sub_(127).mul_(lane0_empty))           # 127 + first box, or + NONE
+            first[:, ti] = index
+            hist[ti].index_add_(0, index.add_(offsets).view(-1), ones)
+        hist = hist.view(t, R, 64)
+        union = hist[:, :, :A].sum(0).cumsum(1)                             # union after boxes 0..k
+        taken = (union <= target).sum(1)                                    # whole boxes accepted
+        covered = torch.cat([union.new_zeros(R, 1), union], 1).gather(1, taken[:, None])[:, 0]
         # the next box (or, with none left, the uncovered cubes) supplies the rest in raster order:
-        # whole slices of it first, then the first cubes of one slice (a cumsum over H'W' only)
-        partial = first == taken.to(torch.uint8)[:, :, None]               # (R, T, HW)
-        per_slice = partial.sum(2, dtype=torch.int32)                       # (R, T)
+        # whole slices of it first, then the first cubes of one slice
+        next_box = torch.where(taken == A, self.NONE, taken)
+        per_slice = hist.gather(2, next_box.expand(t, R)[:, :, None])[:, :, 0].t()          # (R, T)
         through = per_slice.cumsum(1)
-        need = target - covered                                             # (R, 1)
-        whole = through <= need                                             # a prefix of the slices
-        fill = partial & whole[:, :, None]
-        edge = whole.sum(1).clamp_(max=t - 1)                               # the slice taken in part
+        need = target - covered                                             # (R,)
+        edge = (through <= need[:, None]).sum(1).clamp_(max=t - 1)          # the slice taken in part
         rows = torch.arange(R, device=dev)
-        left = need[:, 0] - (through - per_slice)[rows, edge]               # cubes to take there
-        edge_cubes = partial[rows, edge]                                    # (R, HW)
+        left = need - (through - per_slice)[rows, edge]                     # cubes to take there
+        # before the edge slice the next box is taken whole (first <= next), after it not at all
+        limit = torch.where(torch.arange(t, device=dev) < edge[:, None], next_box[:, None] + 1, taken[:, None])
+        mask = first < (limit + 127).to(torch.uint8)[:, :, None]
+        edge_cubes = first[rows, edge] == (127 + next_box).to(torch.uint8)[:, None]   # (R, HW)
         edge_cubes &= edge_cubes.cumsum(1, dtype=torch.int32) <= left[:, None]
-        fill[rows, edge] |= edge_cubes
-        return ((first < taken.to(torch.uint8)[:, :, None]) | fill).view(R, t * h * w)
+        mask[rows, edge] |= edge_cubes
+        return mask.view(R, t * hw)
 
 
 @register_masking("running_cell")
