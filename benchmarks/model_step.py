@@ -2,7 +2,10 @@
 
   1. our PretrainVideoMAE vs HF transformers' VideoMAEForPreTraining, same config, same inputs;
   2. our step at mask ratio 0.0 vs the configured ratio (what the asymmetric encoder buys);
-  3. forward FLOPs of our model (fvcore, with scaled_dot_product_attention counted).
+  3. forward FLOPs of our model (fvcore, with scaled_dot_product_attention counted);
+  4. with --compile: our step compiled with fullgraph=True vs eager;
+  5. the patch embedding alone, forward + backward: the Conv3d over every cube (as the official
+     code runs it) vs the projection of the visible cubes only (what the model does).
 
     python benchmarks/model_step.py                      # ViT-B, 16x224x224, mask 0.9, batch 2, CPU
     python benchmarks/model_step.py --size small --device cuda --dtype bf16 --batch 16
@@ -17,8 +20,10 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 from videomae.masking import build_masking
+from videomae.models.masks import split_tokens
 from videomae.models import build_pretrain_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -63,14 +68,33 @@ def build_hf(ours, device, dtype):
 
 
 def make_step(model, video, mask, hf: bool):
+    num_masked = int(mask[0].sum())  # as training passes it: the strategy's count, no device read
+
     def step():
         model.zero_grad(set_to_none=True)
         if hf:
             loss = model(video.transpose(1, 2), bool_masked_pos=mask).loss
         else:
-            loss = model(video, mask).loss
+            loss = model(video, mask, num_masked=num_masked).loss
         loss.backward()
     return step
+
+
+def patch_embed_steps(model, video, mask) -> dict:
+    """Forward + backward of the cube embedding: Conv3d over all cubes vs visible cubes only."""
+    proj = model.encoder.patch_embed.proj
+    keep = split_tokens(mask).keep
+    video = video.detach().requires_grad_(False)
+
+    def conv3d_all():
+        proj.zero_grad(set_to_none=True)
+        F.conv3d(video, proj.weight, proj.bias, stride=proj.stride).float().sum().backward()
+
+    def visible_only():
+        proj.zero_grad(set_to_none=True)
+        model.encoder.patch_embed(video, keep).float().sum().backward()
+
+    return {"conv3d(all)": conv3d_all, "visible": visible_only}
 
 
 def time_steps(steps: dict, warmup: int, repeats: int, device) -> dict:
@@ -101,6 +125,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-hf", action="store_true", help="skip the HF transformers comparison")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(fullgraph=True)")
     args = parser.parse_args()
 
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
@@ -128,6 +153,9 @@ def main():
              "ours@0.0": make_step(ours, video, no_mask, hf=False)}
     if not args.no_hf:
         steps["hf"] = make_step(build_hf(ours, device, dtype), video, mask, hf=True)
+    if args.compile:
+        steps["compiled"] = make_step(torch.compile(ours, fullgraph=True), video, mask, hf=False)
+    steps.update(patch_embed_steps(ours, video, mask))
     med = time_steps(steps, args.warmup, args.repeats, device)
     for name, seconds in med.items():
         print(f"  {name:10s} median step {seconds * 1000:9.1f} ms")
@@ -135,6 +163,11 @@ def main():
         print(f"ours vs HF VideoMAEForPreTraining: {med['hf'] / med['ours']:.2f}x "
               "(HF time / our time; >= 1 means ours is no slower)")
     print(f"mask {args.mask_ratio} vs 0.0 speed-up: {med['ours@0.0'] / med['ours']:.2f}x")
+    if "compiled" in med:
+        print(f"compiled (fullgraph) vs eager: {med['ours'] / med['compiled']:.2f}x "
+              "(eager time / compiled time; > 1 means compiling pays)")
+    print(f"patch embedding fwd+bwd: Conv3d over all cubes {med['conv3d(all)'] * 1000:.2f} ms, visible cubes "
+          f"only {med['visible'] * 1000:.2f} ms ({med['conv3d(all)'] / med['visible']:.1f}x)")
 
 
 if __name__ == "__main__":
