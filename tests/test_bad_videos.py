@@ -220,21 +220,34 @@ def test_two_ranks_count_and_list_together(tmp_path, synthetic_root):
         assert row["bad_loads"] >= 4 and row["loads"] == 32 + row["bad_loads"] and row["bad_files"] == 4
 
 
+def one_line_error(result) -> str:
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+    ours = [line for line in result.stderr.splitlines() if line.strip() and not NOISE.search(line)]
+    assert len(ours) == 1, "\n".join(ours)
+    return ours[0]
+
+
 def test_a_fifth_bad_stops_with_one_line(tmp_path, synthetic_root):
     """24 good videos and 6 bad ones (20%) at the default DATA.MAX_BAD_RATIO 0.05."""
     bad = write_bad_files(tmp_path / "bad", synthetic_root)
     extra = [tmp_path / "bad" / f"cut{i}.mp4" for i in range(2)]
     for path in extra:
         shutil.copy(bad[0], path)
-    result = tiny_run(tmp_path, synthetic_root, bad + extra, "TRAIN.EPOCHS", 10, check=False)
-    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
-    ours = [line for line in result.stderr.splitlines() if line.strip() and not NOISE.search(line)]
-    assert len(ours) == 1, "\n".join(ours)
+    line = one_line_error(tiny_run(tmp_path, synthetic_root, bad + extra, "TRAIN.EPOCHS", 10, check=False))
     assert re.match(r"error: \d+ of \d+ training video loads failed \(6 different files of 30 in .*train.csv, "
                     r"listed in .*bad_videos.txt\); the bad share is at 99.9% confidence at least \d+\.\d%, above "
-                    r"DATA.MAX_BAD_RATIO=0.05\. .*raise DATA.MAX_BAD_RATIO", ours[0]), ours[0]
+                    r"DATA.MAX_BAD_RATIO=0.05\. .*raise DATA.MAX_BAD_RATIO", line), line
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_a_worker_error_is_one_line(tmp_path, synthetic_root):
+    """Only bad videos: a loader worker gives up after 11 in a row; the user sees our line, not the
+    worker's chained traceback."""
+    bad = write_bad_files(tmp_path / "bad", synthetic_root)
+    line = one_line_error(tiny_run(tmp_path, synthetic_root, bad * 2, copies=0, check=False))
+    assert re.match(r"error: 11 videos in a row failed to load \(last: .*train.csv:\d: .*\); is DATA.ROOT right\?$",
+                    line), line
 
 
 BUGGY_TRANSFORM = """
