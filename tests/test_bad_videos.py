@@ -100,6 +100,24 @@ def test_the_ledger_lists_each_file_once_and_counts_epochs(tmp_path):
 
 
 # -- the data side ------------------------------------------------------------------------------------
+def test_min_frames_comes_from_the_config():
+    from videomae.engine.config import ConfigError, load_config
+    from videomae.engine.data import min_frames
+
+    cfg = load_config(None, ["MODEL.NUM_FRAMES", "16", "DATA.SAMPLING_RATE", "4"])
+    assert min_frames(cfg, "pretrain") == min_frames(cfg, "train") == 16   # 0: one clip's frames
+    assert min_frames(cfg, "val") == min_frames(cfg, "test") == 1          # evaluation takes every video
+    assert min_frames(load_config(None, ["DATA.MIN_FRAMES", "40"]), "pretrain") == 40
+    with pytest.raises(ConfigError, match="DATA.MIN_FRAMES must be >= 0"):
+        load_config(None, ["DATA.MIN_FRAMES", "-1"])
+
+
+def test_the_limit_may_change_on_resume():
+    from videomae.engine.run_folder import RESUME_ALLOWED
+
+    assert "DATA.MAX_BAD_RATIO" in RESUME_ALLOWED and "DATA.MIN_FRAMES" not in RESUME_ALLOWED
+
+
 def write_bad_files(folder, synthetic_root):
     """A truncated mp4, an empty file, a PNG renamed .mp4 and a 3-frame video."""
     from PIL import Image
@@ -201,6 +219,21 @@ def test_bad_files_are_listed_once_and_counted_per_epoch(tmp_path, synthetic_roo
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert [e.value for e in events.Scalars("epoch/bad_loads")] == [row["bad_loads"] for row in epochs]
+
+
+def test_a_resumed_run_keeps_the_counts_and_lists_nothing_twice(tmp_path, synthetic_root):
+    bad = write_bad_files(tmp_path / "bad", synthetic_root)
+    first = tiny_run(tmp_path, synthetic_root, bad, "TRAIN.EPOCHS", 2, "TRAIN.MAX_STEPS", 7, "DATA.MAX_BAD_RATIO", 0.5,
+                     "DATA.NUM_WORKERS", 0)
+    assert len(listed_lines(first.stdout)) == 4
+    second = tiny_run(tmp_path, synthetic_root, bad, "TRAIN.EPOCHS", 2, "DATA.MAX_BAD_RATIO", 0.5,
+                      "DATA.NUM_WORKERS", 0)
+    assert "resumed from" in second.stdout and listed_lines(second.stdout) == []
+    assert len((tmp_path / "run" / "bad_videos.txt").read_text().splitlines()) == 4
+    epochs = read_metrics(tmp_path / "run" / "metrics.jsonl", "epoch")
+    assert [row["epoch"] for row in epochs] == [1, 2] and epochs[1]["bad_files"] == 4
+    bad_loads, loads = map(int, re.search(r"epoch 2: .*run so far: (\d+) of (\d+)", second.stdout).groups())
+    assert (bad_loads, loads) == (sum(r["bad_loads"] for r in epochs), sum(r["loads"] for r in epochs))
 
 
 def test_two_ranks_count_and_list_together(tmp_path, synthetic_root):
