@@ -1,6 +1,5 @@
 """Bad training videos over the whole run: the stop rule, the counts that travel with batches, and
 tools/train.py end to end (each file listed once, counts per epoch, the one-line stop, bugs crash)."""
-import json
 import re
 import shutil
 

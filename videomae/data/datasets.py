@@ -190,6 +190,7 @@ class VideoDataset(Dataset):
             raise EvalVideoError(f"{message}; drop it from the list (tools/check_videos.py finds every such file) "
                                  "or skip such videos with DATA.EVAL_SKIP_BAD True") from None
 
+
 def collate_clips(batch: list[dict]) -> dict:
     """Default collation, then repeated clips (B, K, C, T, H, W) flattened to (B*K, C, T, H, W).
     Training items' `load_failures` become `loads` ([load attempts of this batch]; lists, so that
