@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from videomae.data import (AnnotationError, ClipConfig, FaultPolicy, TooManyBadVideos, VideoDataset,
-                           VideoDecodeError, make_loader, open_video, read_failure_log, read_video_list)
+from videomae.data import (AnnotationError, ClipConfig, TooManyBadVideos, VideoDataset, VideoDecodeError,
+                           make_loader, open_video, read_video_list)
 from videomae.data.sampling import dense_clip, dense_test_clips, segment_clip
 from videomae.data.transforms import (HorizontalFlip, MultiScaleCrop, RandAugment, RandomErasing,
                                       RandomResizedCrop, ShortSideResize, ThreeCrop, eval_transform)
@@ -253,29 +253,28 @@ def corrupt_list(tmp_path, synthetic_root):
     return read_video_list(listing), truncated, empty
 
 
-def test_bad_videos_in_training_are_skipped_counted_listed(tmp_path, synthetic_root):
+def test_bad_videos_in_training_are_replaced_and_reported_with_the_batch(tmp_path, synthetic_root):
     recs, truncated, empty = corrupt_list(tmp_path, synthetic_root)
-    log = tmp_path / "bad_videos.txt"
-    ds = VideoDataset(recs, "pretrain", ClipConfig(num_frames=8, img_size=32),
-                      faults=FaultPolicy(log_file=str(log), max_ratio=0.5, min_seen=4))
+    ds = VideoDataset(recs, "pretrain", ClipConfig(num_frames=8, img_size=32))
     items = [ds[i] for i in range(len(ds))]
     assert all(item["video"].shape == (3, 8, 32, 32) for item in items)
     assert items[0]["index"] >= 2 and items[1]["index"] >= 2   # substituted by good videos
-    assert ds.faults.bad >= 2
-    listed = read_failure_log(log)
-    assert str(truncated) in listed and str(empty) in listed
-    # through worker processes too
+    assert [f[0] for f in items[0]["load_failures"]][:1] == [0] and items[1]["load_failures"][0][0] == 1
+    assert "truncated.mp4" in items[0]["load_failures"][0][1] and "empty" in items[1]["load_failures"][0][1]
+    # through worker processes too: the counts come back with the batches
     loader = make_loader(ds, batch_size=5, num_workers=2, shuffle=False, timeout=120)
-    assert sum(b["video"].shape[0] for b in loader) == 10
+    batches = list(loader)
+    assert sum(b["video"].shape[0] for b in batches) == 10
+    failures = [f for b in batches for f in b["load_failures"]]
+    assert {0, 1} <= {index for index, _ in failures}
+    assert sum(sum(b["loads"]) for b in batches) == 10 + len(failures)
 
 
-def test_too_many_bad_videos_stop_with_a_clear_message(tmp_path, synthetic_root):
+def test_too_many_bad_videos_in_a_row_stop_with_a_clear_message(tmp_path, synthetic_root):
     recs, _, _ = corrupt_list(tmp_path, synthetic_root)
-    ds = VideoDataset(recs[:2] * 10 + recs[2:3], "pretrain", ClipConfig(num_frames=8, img_size=32),
-                      faults=FaultPolicy(log_file=str(tmp_path / "bad.txt"), max_ratio=0.1, min_seen=5))
-    with pytest.raises(TooManyBadVideos, match="failed to load.*MAX_BAD_RATIO.*bad.txt"):
-        for i in range(len(ds)):
-            ds[i]
+    ds = VideoDataset(recs[:2] * 10, "pretrain", ClipConfig(num_frames=8, img_size=32))
+    with pytest.raises(TooManyBadVideos, match="11 videos in a row failed to load.*list.csv:[12]"):
+        ds[0]
 
 
 def test_bad_videos_in_evaluation_raise_with_path(tmp_path, synthetic_root):

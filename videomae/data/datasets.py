@@ -3,6 +3,17 @@
 Items are dicts: `video` uint8 (C, T, H, W) -- or (K, C, T, H, W) with `num_repeats` K > 1 --,
 `label`, `index`; test items also carry `clip_index` and `crop_index` (every view of a video is
 one item, ordered video-major). `collate_clips` flattens repeated clips into the batch.
+
+Bad videos in training. Only a `VideoDecodeError` makes a video bad: a file no backend decodes,
+or one with fewer frames than `ClipConfig.min_frames` (`VideoTooShort`: stills, 3-frame clips).
+The item is then read from a random other video (at most `FaultPolicy.max_retries` in a row), and
+it carries what happened as `load_failures`, a list of (index, reason): the worker does no
+counting of its own. `collate_clips` turns that into two batch entries, `loads` (a list of load
+attempts per collated part) and `load_failures`, so the counts travel with the batch to the main
+process, which keeps them for the whole run over every worker and rank
+(`videomae.engine.bad_videos`). Any other exception while loading is a bug and propagates with
+its traceback. Evaluation never substitutes a video (`EvalVideoError`, or a `bad` entry with
+`skip_bad`).
 """
 from __future__ import annotations
 
@@ -10,14 +21,14 @@ import atexit
 import os
 import signal
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
 from .annotations import VideoRecord
-from .decoding import FrameFolderReader, VideoDecodeError, open_video
+from .decoding import FrameFolderReader, VideoDecodeError, open_video, require_frames
 from .sampling import dense_clip, dense_test_clips, segment_clip
 from .transforms import eval_transform, finetune_train_transform, pretrain_transform
 
@@ -25,7 +36,7 @@ MODES = ("pretrain", "train", "val", "test")
 
 
 class TooManyBadVideos(RuntimeError):
-    pass
+    """Training stops: too many videos failed to load (see `videomae.engine.bad_videos`)."""
 
 
 class EvalVideoError(VideoDecodeError):
@@ -43,20 +54,15 @@ class ClipConfig:
     num_crops: int = 1
     num_repeats: int = 1           # augmented copies of one decoded clip (MAE-ST repeat_aug)
     short_videos: str = "clamp"    # or "loop"
-    min_frames: int = 1            # fewer decodable frames counts as a bad video
+    min_frames: int = 1            # fewer frames makes a video bad (VideoTooShort)
 
 
 @dataclass
 class FaultPolicy:
-    """Training only: a bad video is replaced by a random other one (at most `max_retries` times in
-    a row), appended to `log_file`; more than `max_ratio` bad among at least `min_seen` loads
-    stops the run."""
-    log_file: str | None = None
+    """Training only: a bad video is replaced by a random other one, at most `max_retries` times in
+    a row (more means the data root is wrong, not that a few files are bad). Whether the run goes
+    on is decided in the main process over the whole run, not here."""
     max_retries: int = 10
-    max_ratio: float = 0.05
-    min_seen: int = 20
-    seen: int = field(default=0, init=False)
-    bad: int = field(default=0, init=False)
 
 
 def channels_first(clips: list[torch.Tensor]) -> torch.Tensor:
@@ -134,9 +140,8 @@ class VideoDataset(Dataset):
     def _load(self, index: int, rng: np.random.Generator, clip_index: int = 0, crop_index: int = 0):
         record = self.records[index]
         with self.open(record) as reader:
+            require_frames(reader, self.clip.min_frames)
             n = len(reader)
-            if n < self.clip.min_frames:
-                raise VideoDecodeError(f"{record.path} has {n} frames, fewer than {self.clip.min_frames}")
             repeats = self.clip.num_repeats if self.training else 1
             indices = self.clip_indices(n, rng, clip_index)
             # (T, C, H, W) view of channels-last memory: the layout uint8 resizing is fastest on
@@ -170,24 +175,28 @@ class VideoDataset(Dataset):
             *place, index = i
         else:
             place, index = None, i
+        failures = []   # (index, reason): counted and listed by the main process
         for attempt in range(self.faults.max_retries + 1):
             key = [*place, attempt] if place is not None else [self.epoch, index, attempt]
             rng = np.random.default_rng([self.seed, *key])
-            self.faults.seen += 1
             try:
-                return self._load(index, rng)
-            except (VideoDecodeError, IndexError, OSError, ValueError) as err:
-                self._record_failure(self.records[index], err)
+                item = self._load(index, rng)
+            except VideoDecodeError as err:   # only an unusable file; anything else is a bug
+                failures.append((index, " ".join(str(err).split())))
                 index = int(rng.integers(len(self.records)))
-        raise TooManyBadVideos(f"{self.faults.max_retries + 1} videos in a row failed to load "
-                               f"(last: {self.records[index].path}); is the data root right?")
+                continue
+            item["load_failures"] = failures
+            return item
+        last, reason = failures[-1]
+        raise TooManyBadVideos(f"{self.faults.max_retries + 1} videos in a row failed to load (last: "
+                               f"{self.records[last].where or self.records[last].path}: {reason}); is DATA.ROOT right?")
 
     def _load_eval(self, index: int, clip_index: int = 0, crop_index: int = 0) -> dict:
         """One evaluation view. A video that fails is named by split and list file:line; with
         `skip_bad` it becomes `{"index", "bad": message}`, which `collate_clips` sets apart."""
         try:
             return self._load(index, np.random.default_rng([self.seed, index]), clip_index, crop_index)
-        except (VideoDecodeError, IndexError, OSError, ValueError) as err:
+        except VideoDecodeError as err:   # only an unusable file; anything else is a bug
             record = self.records[index]
             message = f"{self.mode} video {record.where or record.path} failed to load: {' '.join(str(err).split())}"
             if self.skip_bad:
@@ -195,25 +204,17 @@ class VideoDataset(Dataset):
             raise EvalVideoError(f"{message}; drop it from the list (tools/check_videos.py finds every such file) "
                                  "or skip such videos with DATA.EVAL_SKIP_BAD True") from None
 
-    def _record_failure(self, record: VideoRecord, err: Exception) -> None:
-        policy = self.faults
-        policy.bad += 1
-        if policy.log_file:
-            message = str(err).replace("\n", " ")
-            with open(policy.log_file, "a", encoding="utf-8") as handle:
-                handle.write(f"{record.path}\t{record.where}\t{message}\n")
-        if policy.seen >= policy.min_seen and policy.bad > policy.max_ratio * policy.seen:
-            where = f"; they are listed in {policy.log_file}" if policy.log_file else ""
-            raise TooManyBadVideos(
-                f"{policy.bad} of {policy.seen} videos failed to load in one loader worker "
-                f"({policy.bad / policy.seen:.0%} > DATA.MAX_BAD_RATIO={policy.max_ratio}){where}. "
-                "Check the files with tools/check_videos.py and drop the bad ones from the list.")
-
 
 def collate_clips(batch: list[dict]) -> dict:
     """Default collation, then repeated clips (B, K, C, T, H, W) flattened to (B*K, C, T, H, W).
+    Training items' `load_failures` become `loads` ([load attempts of this batch]; lists, so that
+    joined parts concatenate) and `load_failures` (every (index, reason) of the batch).
     Evaluation views that failed to load (skipped on request) go to `bad`: a list of
     (index, clip_index, crop_index, message); a batch of only those has no `video`."""
+    if batch and "load_failures" in batch[0]:
+        failures = [f for item in batch for f in item["load_failures"]]
+        out = collate_clips([{k: v for k, v in item.items() if k != "load_failures"} for item in batch])
+        return {**out, "loads": [len(batch) + len(failures)], "load_failures": failures}
     bad = [(item["index"], item.get("clip_index", 0), item.get("crop_index", 0), item["bad"])
            for item in batch if "bad" in item]
     if bad:
@@ -230,7 +231,7 @@ def collate_clips(batch: list[dict]) -> dict:
 
 
 def read_failure_log(path: str | os.PathLike) -> list[str]:
-    """Paths listed in a failure log (one per bad load)."""
+    """Paths listed in a bad-video log (`path<TAB>list file:line<TAB>reason`, one per bad file)."""
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as handle:

@@ -6,6 +6,12 @@
 
 `open_video` falls back to PyAV when decord is not installed, or when decord or torchcodec cannot
 open the file; a file that no backend reads raises `VideoDecodeError` naming it.
+
+`VideoDecodeError` is the one exception that means "this file is not a usable video": every reader
+wraps its backend's errors into it, and `require_frames` raises its subclass `VideoTooShort` for
+stills and clips shorter than a minimum. The training loader counts exactly these as bad videos;
+any other exception while loading (an `IndexError` from a sampler, a `ValueError` from a
+transform) is a bug in the code and is not swallowed.
 """
 from __future__ import annotations
 
@@ -20,6 +26,19 @@ Source = Union[str, os.PathLike, bytes]
 
 class VideoDecodeError(RuntimeError):
     """A video that cannot be opened or decoded; the message names the file."""
+
+
+class VideoTooShort(VideoDecodeError):
+    """A file that decodes but has fewer frames than a clip needs (a still image renamed .mp4, a
+    3-frame clip)."""
+
+
+def require_frames(reader: "VideoReader", min_frames: int, what: str = "DATA.MIN_FRAMES") -> None:
+    """`VideoTooShort` when `reader` has fewer than `min_frames` frames."""
+    n = len(reader)
+    if n < min_frames:
+        kind = "a still image" if n == 1 else f"{n} frames"
+        raise VideoTooShort(f"{reader.name} has {kind}, fewer than {what}={min_frames}")
 
 
 def _name(source: Source) -> str:
@@ -45,6 +64,7 @@ class VideoReader:
     (and `_fps`, unless it overrides `fps`) when it opens its source."""
 
     backend = "base"
+    name = "<video>"
     _len, _fps = 0, 0.0
 
     def __len__(self) -> int:

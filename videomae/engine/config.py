@@ -61,7 +61,13 @@ C.DATA.FLIP = False                  # SSv2 labels say left/right: no flip
 C.DATA.BACKEND = "decord"
 C.DATA.DECODE_SHORT_SIDE = 0         # 0 = decode at native size
 C.DATA.NUM_WORKERS = 8
-C.DATA.MAX_BAD_RATIO = 0.05
+C.DATA.MAX_BAD_RATIO = 0.05           # training stops when, over the whole run (all workers and ranks), the
+                                     # share of failed video loads is above this at 99.9% confidence (Wilson
+                                     # lower bound) after at least min(100, list size) loads; a bad video is
+                                     # read from another in its place and listed once in OUTPUT_DIR/
+                                     # bad_videos.txt. 0: stop at the first bad video; 1.0: never stop
+C.DATA.MIN_FRAMES = 0                # training: a video with fewer frames is bad (stills, 3-frame clips);
+                                     # 0 = MODEL.NUM_FRAMES. Shorter than the dense span is fine (clamped)
 C.DATA.LOADER_TIMEOUT = 600.0
 C.DATA.TRAIN_CROP_SCALE = (0.08, 1.0)  # fine-tuning random resized crop: area share range
 C.DATA.RAND_AUGMENT = "rand-m7-n4-mstd0.5-inc1"
@@ -317,7 +323,7 @@ _RANGES = (
     ("MASK.DECODER_RATIO", 0.0, 1.0, True, False),
     ("DATA.NUM_CLASSES", 0, None, True, None), ("DATA.SAMPLING_RATE", 1, None, True, None),
     ("DATA.DECODE_SHORT_SIDE", 0, None, True, None), ("DATA.NUM_WORKERS", 0, None, True, None),
-    ("DATA.MAX_BAD_RATIO", 0.0, 1.0, True, True), ("DATA.LOADER_TIMEOUT", 0.0, None, False, None),
+    ("DATA.MAX_BAD_RATIO", 0.0, 1.0, True, True), ("DATA.MIN_FRAMES", 0, None, True, None), ("DATA.LOADER_TIMEOUT", 0.0, None, False, None),
     ("DATA.RANDOM_ERASING", 0.0, 1.0, True, True),
     ("DATA.TEST_NUM_CLIPS", 1, None, True, None), ("DATA.TEST_NUM_CROPS", 1, None, True, None),
     ("TRAIN.EPOCHS", 1, None, True, None), ("TRAIN.MAX_STEPS", 0, None, True, None),

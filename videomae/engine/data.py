@@ -255,7 +255,18 @@ def make_missing_demo_data(cfg, list_name: str) -> None:
     ensure_demo_dataset(root, is_main=detect().rank == 0)
 
 
-def build_dataset(cfg, split: str, log_dir: str | None = None) -> VideoDataset:
+def min_frames(cfg, split: str) -> int:
+    """The fewest frames a video of `split` may have. Training: DATA.MIN_FRAMES, or when that is 0
+    the clip's frame count MODEL.NUM_FRAMES -- so a still (1 frame) or a 3-frame file is a bad video,
+    while a clip shorter than the dense span (NUM_FRAMES - 1) x SAMPLING_RATE + 1 is still used with
+    its last frame repeated, as the published recipes do (SSv2 at rate 2 has such clips). Evaluation
+    takes every video that decodes, as the published protocols do."""
+    if split not in ("pretrain", "train"):
+        return 1
+    return cfg.DATA.MIN_FRAMES or cfg.MODEL.NUM_FRAMES
+
+
+def build_dataset(cfg, split: str) -> VideoDataset:
     """split: pretrain | train | val | test."""
     list_name = {"pretrain": cfg.DATA.TRAIN_LIST, "train": cfg.DATA.TRAIN_LIST,
                  "val": cfg.DATA.VAL_LIST, "test": cfg.DATA.TEST_LIST}[split]
@@ -269,7 +280,8 @@ def build_dataset(cfg, split: str, log_dir: str | None = None) -> VideoDataset:
     clip = ClipConfig(num_frames=cfg.MODEL.NUM_FRAMES, sampling=sampling, sampling_rate=cfg.DATA.SAMPLING_RATE,
                       img_size=cfg.MODEL.IMG_SIZE, num_clips=cfg.DATA.TEST_NUM_CLIPS,
                       num_crops=cfg.DATA.TEST_NUM_CROPS,
-                      num_repeats=cfg.DATA.NUM_REPEATS if split in ("pretrain", "train") else 1)
+                      num_repeats=cfg.DATA.NUM_REPEATS if split in ("pretrain", "train") else 1,
+                      min_frames=min_frames(cfg, split))
     transform = None
     if split == "pretrain":
         transform = pretrain_transform(cfg.MODEL.IMG_SIZE, flip=cfg.DATA.FLIP)
@@ -278,10 +290,9 @@ def build_dataset(cfg, split: str, log_dir: str | None = None) -> VideoDataset:
                                              rand_augment=cfg.DATA.RAND_AUGMENT or None,
                                              erasing=cfg.DATA.RANDOM_ERASING,
                                              scale=tuple(cfg.DATA.TRAIN_CROP_SCALE))
-    faults = FaultPolicy(log_file=os.path.join(log_dir, "bad_videos.txt") if log_dir else None,
-                         max_ratio=cfg.DATA.MAX_BAD_RATIO)
+    # bad training videos are counted and judged over the whole run by the trainer (engine.bad_videos)
     return VideoDataset(records, split, clip, transform=transform, backend=cfg.DATA.BACKEND,
-                        decode_short_side=cfg.DATA.DECODE_SHORT_SIDE or None, faults=faults, seed=cfg.SEED,
+                        decode_short_side=cfg.DATA.DECODE_SHORT_SIDE or None, faults=FaultPolicy(), seed=cfg.SEED,
                         skip_bad=cfg.DATA.EVAL_SKIP_BAD and split in ("val", "test"))
 
 

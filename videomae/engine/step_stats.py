@@ -1,7 +1,8 @@
 """What the host needs from the training step, without waiting for the device on every step.
 
 The loss, whether it was finite, and how many micro-steps there were are summed in one device
-tensor; the host reads it once per `TRAIN.LOG_PERIOD` (one all-reduce and one read then). A
+tensor; the host reads it once per `TRAIN.LOG_PERIOD` (one all-reduce and one read then), and
+host counts that the ranks combine at log steps (bad-video loads) ride along in that all-reduce. A
 non-finite loss never reaches the weights: the step's flag (any micro-step, any rank) goes to the
 fused optimizer as `found_inf`, which skips the update on the device, as it does under a
 GradScaler; the host learns of it at the next read. The preemption flag is host state (a signal
@@ -57,14 +58,19 @@ class StepStats:
             dist.all_reduce(count)
         return bool(count.item())
 
-    def read(self) -> dict:
-        """The period's mean loss and non-finite count over all ranks: one all-reduce, one host read."""
+    def read(self, extra=()) -> dict:
+        """The period's mean loss and non-finite count over all ranks: one all-reduce, one host read.
+        `extra`: host numbers that ride along in the same all-reduce (the bad-video counts); their
+        sums over ranks come back as `extra` (float32: exact up to 2^24 per period)."""
+        values = self.totals
+        if extra:
+            values = torch.cat([self.totals, torch.tensor(extra, dtype=self.totals.dtype).to(self.totals.device)])
         if self.world_size > 1:
-            dist.all_reduce(self.totals)
-        loss_sum, micro_steps, non_finite = self.totals.tolist()
+            dist.all_reduce(values)
+        loss_sum, micro_steps, non_finite, *rest = values.tolist()
         self.totals.zero_()
         good = micro_steps - non_finite
-        return {"loss": loss_sum / good if good else float("nan"), "non_finite": int(non_finite)}
+        return {"loss": loss_sum / good if good else float("nan"), "non_finite": int(non_finite), "extra": rest}
 
 
 class PreemptionVote:

@@ -14,6 +14,7 @@ import torch
 from .. import seeding
 from . import checkpoint as ckpt
 from .config import ConfigError, save_config
+from .bad_videos import BadVideoLedger
 from .data import build_dataset, build_train_loader
 from .distributed import barrier, init_distributed
 from .logs import RunLogger
@@ -104,7 +105,12 @@ class Trainer:
             self.log.info(f"metrics.jsonl: dropped {self.log.dropped} row(s) after step {resume_step} (they run again)")
         seed_everything(cfg.SEED + self.info.rank)
 
-        self.train_set = build_dataset(cfg, task.train_split, log_dir=self.out_dir)
+        self.train_set = build_dataset(cfg, task.train_split)
+        # bad training videos, counted over the whole run (every worker and rank), listed once
+        self.bad_videos = BadVideoLedger(self.train_set.records, cfg.DATA.MAX_BAD_RATIO,
+                                         os.path.join(self.out_dir, "bad_videos.txt"), self.info.is_main,
+                                         self.info.world_size, self.device, info=self.log.info,
+                                         resume=resume_step > 0)
         self.loader, self.sampler = build_train_loader(cfg, self.train_set, self.info.world_size, self.info.rank)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         clips_per_micro = cfg.TRAIN.BATCH_SIZE * cfg.DATA.NUM_REPEATS
@@ -221,6 +227,7 @@ class Trainer:
                                                     UNIVERSAL_CHECKPOINT_VERSION_VALUE)
         return {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                 "world_size": self.info.world_size, "config": self.cfg.dump(),
+                "bad_videos": self.bad_videos.state(),
                 # lets deepspeed.checkpoint.ds_to_universal convert it for another world size
                 UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
 
@@ -259,6 +266,7 @@ class Trainer:
         if state is None:
             return
         self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+        self.bad_videos.load_state(state.get("bad_videos"))
         if self.step_in_epoch >= self.steps_per_epoch:
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.log.info(f"resumed from {self.resume_tag} (step {self.step}, epoch {self.epoch}"
@@ -342,6 +350,7 @@ class Trainer:
         self.engine.train()
         for batch in self.loader:
             t_data = time.perf_counter()
+            self.bad_videos.note(batch)   # host counts only; combined at log steps
             period["data"] += t_data - t_last
             epoch_data_time += t_data - t_last
             lr = self.micro_step(batch, micro)
@@ -369,8 +378,9 @@ class Trainer:
                 self.save_checkpoint()
             if self.step >= self.total_steps:
                 break
+        self.bad_videos.sync()   # the epoch's last counts from every rank (once per epoch)
         self.log.record("epoch", self.step, epoch=self.epoch + 1, clips=epoch_clips * info.world_size,
-                        data_time=epoch_data_time)
+                        data_time=epoch_data_time, **self.bad_videos.end_epoch(self.epoch + 1))
         return "epoch"
 
     def micro_step(self, batch: dict, micro: int) -> float:
@@ -422,9 +432,10 @@ class Trainer:
 
     def _log_step(self, lr: float, period: dict) -> dict:
         """The one host read of the period: mean loss over ranks, non-finite count, throughput, MFU."""
-        stats = self.stats.read()
+        stats = self.stats.read(self.bad_videos.counts())
         if stats["non_finite"]:
             self._raise_non_finite(self.step)
+        self.bad_videos.combined(stats["extra"])   # may stop the run: too many bad videos
         elapsed = max(time.perf_counter() - period["start"], 1e-9)
         per_device = period["clips"] / elapsed
         values = {"loss": stats["loss"], "lr": lr, "clips_per_s": per_device * self.info.world_size,
@@ -438,6 +449,8 @@ class Trainer:
                   "data": f"{values['data_wait']:.0%}"}
         if "mfu" in values:
             fields["mfu"] = f"{values['mfu']:.1%}"
+        if self.bad_videos.bad:
+            fields["bad_videos"] = f"{self.bad_videos.bad}/{self.bad_videos.loads}"
         return fields
 
     # -- divergence: host-side, from the losses the log steps read anyway ------------------------------
