@@ -220,6 +220,7 @@ def test_bad_files_are_listed_once_and_counted_per_epoch(tmp_path, synthetic_roo
     assert [e.value for e in events.Scalars("epoch/bad_loads")] == [row["bad_loads"] for row in epochs]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_the_counts_and_lists_nothing_twice(tmp_path, synthetic_root):
     bad = write_bad_files(tmp_path / "bad", synthetic_root)
     first = tiny_run(tmp_path, synthetic_root, bad, "TRAIN.EPOCHS", 2, "TRAIN.MAX_STEPS", 7, "DATA.MAX_BAD_RATIO", 0.5,
@@ -235,6 +236,7 @@ def test_a_resumed_run_keeps_the_counts_and_lists_nothing_twice(tmp_path, synthe
     assert (bad_loads, loads) == (sum(r["bad_loads"] for r in epochs), sum(r["loads"] for r in epochs))
 
 
+@pytest.mark.slow
 def test_two_ranks_count_and_list_together(tmp_path, synthetic_root):
     """32 videos over 2 ranks (4 steps of 2 x 4 per epoch): the epoch rows count both ranks' loads,
     and a file either rank meets is listed once."""
@@ -273,6 +275,7 @@ def test_a_fifth_bad_stops_with_one_line(tmp_path, synthetic_root):
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_worker_error_is_one_line(tmp_path, synthetic_root):
     """Only bad videos: a loader worker gives up after 11 in a row; the user sees our line, not the
     worker's chained traceback."""
