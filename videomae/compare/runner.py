@@ -65,6 +65,9 @@ def split_list(text: str, kind, what: str) -> list:
 
 
 def check_overrides(overrides: list[str]) -> None:
+    options = [k for k in overrides if k.startswith("--")]
+    if options:
+        raise UsageError(f"{options[0]} after the KEY VALUE overrides: put the options first")
     if len(overrides) % 2:
         raise UsageError(f"overrides come in KEY VALUE pairs; {overrides[-1]!r} has no value")
     fixed = [k for k in overrides[0::2] if k in CELL_KEYS]
@@ -81,8 +84,9 @@ def plan(args) -> tuple[list[Cell], list[str]]:
     strategies = split_list(args.strategies, str, "strategies")
     unknown = [s for s in strategies if s not in MASKING_REGISTRY]
     if unknown:
-        raise UsageError(f"unknown masking strategy {', '.join(unknown)}; registered: {', '.join(sorted(MASKING_REGISTRY))}"
-                         " (a strategy of your own: IMPORTS my_masks.py)")
+        known = ", ".join(sorted(MASKING_REGISTRY))
+        raise UsageError(f"unknown masking strategy {', '.join(unknown)}; registered: {known} "
+                         "(a strategy of your own: IMPORTS my_masks.py)")
     ratios = split_list(args.ratios, float, "ratios")
     bad = [r for r in ratios if not 0 < r < 1]
     if bad:
@@ -158,7 +162,8 @@ def train_cell(cell: Cell, cell_dir: str, command: list[str], log) -> dict:
                                "to resume it")
     if code != 0 or not summary or summary.get("status") != "finished":
         where = os.path.join(cell_dir, "train.log")
-        raise CellFailed(code or 1, f"cell {cell.name}: {reason or f'tools/train.py exited with {code}'} (log: {where})")
+        reason = reason or f"tools/train.py exited with {code}"
+        raise CellFailed(code or 1, f"cell {cell.name}: {reason} (log: {where})")
     record = {"train_args": command, "steps": summary["step"], "wall_seconds": round(times["seconds"], 1)}
     write_json(os.path.join(cell_dir, CELL_FILE), record)
     return record
