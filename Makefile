@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-slow test-gpu demo bench clean
+.PHONY: install test test-slow test-gpu demo compare bench clean
 
 install: $(STAMP)
 
@@ -33,8 +33,14 @@ test-gpu:
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
+# tube vs random vs frame masking at 0.9, 3 seeds each, on the synthetic demo set: recon + k-NN + probe
+# (docs/compare.md). 288 steps per cell instead of the demo's 480, so 9 cells fit ~20 min on 2 CPU cores.
+compare: $(STAMP)
+	$(PY) tools/compare_masking.py --config configs/demo/pretrain.yaml --strategies tube,random,frame \
+		--ratios 0.9 --seeds 0,1,2 --eval recon,knn,probe --out compare_runs TRAIN.EPOCHS 12
+
 bench: $(STAMP)
 	$(PY) benchmarks/model_step.py
 
 clean:
-	rm -rf $(VENV) demo_runs .pytest_cache
+	rm -rf $(VENV) demo_runs compare_runs .pytest_cache

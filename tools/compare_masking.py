@@ -1,0 +1,42 @@
+"""Compare masking strategies: pretrain one cell per (strategy, ratio, seed) with the same budget,
+evaluate each on held-out data, and write one report.
+
+    python tools/compare_masking.py --config configs/demo/pretrain.yaml --strategies tube,random,frame \
+        --ratios 0.9 --seeds 0,1,2 --eval recon,knn,probe --out compare_runs [KEY VALUE ...]
+
+Each cell pretrains with tools/train.py in DIR/cells/<strategy>-<ratio>-s<seed> (KEY VALUE pairs
+apply to every cell; MASK.TYPE, MASK.RATIO, SEED and OUTPUT_DIR are set per cell). The same command
+again skips finished cells and resumes unfinished ones; a cell whose stored config differs is
+refused with the keys named. `--collect` only builds the report, from the cells already finished
+and evaluated. Writes DIR/results.csv, DIR/summary.md and DIR/summary.png (docs/compare.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from videomae.cli import run_tool  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="pretraining config (TASK pretrain)")
+    parser.add_argument("--strategies", default="tube,random,frame", help="registered masking strategies")
+    parser.add_argument("--ratios", default="0.9", help="MASK.RATIO values")
+    parser.add_argument("--seeds", default="0,1,2", help="SEED values; cells of one seed are paired")
+    parser.add_argument("--eval", default="recon,knn,probe", help="any of recon, knn, probe")
+    parser.add_argument("--out", required=True, help="folder for the cells and the report")
+    parser.add_argument("--collect", action="store_true",
+                        help="train and evaluate nothing: report the cells finished and evaluated so far")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE pairs for every cell")
+    args = parser.parse_args(argv)
+    from videomae.compare.runner import run
+
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main))

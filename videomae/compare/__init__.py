@@ -1,0 +1,1 @@
+"""Masking-strategy comparisons (`tools/compare_masking.py`): cells, evaluations, report."""

@@ -1,0 +1,194 @@
+"""The comparison's report: results.csv (one row per cell and metric), summary.md (mean ± std per
+strategy, paired differences against the first strategy) and summary.png (every seed's value and
+the pretraining loss curves)."""
+from __future__ import annotations
+
+import csv
+import os
+import statistics
+import subprocess
+
+from .evaluate import COMMON_MASK_SEED, KNN_K, KNN_TEMPERATURE, METRICS, PROBE_WEIGHT_DECAY
+
+COLUMNS = ["strategy", "ratio", "effective_masked_share", "seed", "metric", "value", "steps", "wall_seconds",
+           "checkpoint"]
+DESCRIPTIONS = {
+    "recon_common": "masked-cube loss on the val list under the common mask (random masking at MASK.RATIO, "
+                    f"seeded per item from {COMMON_MASK_SEED}; the same masks for every cell); lower is better",
+    "recon_own": "masked-cube loss on the val list under the cell's own strategy (same per-item keys)",
+    "knn_top1": f"k-NN top-1 (%) on frozen mean-pooled encoder features, cosine, k={KNN_K} (at most the memory "
+                f"size), votes exp(sim/{KNN_TEMPERATURE}); train list = memory, val list = queries",
+    "probe_top1": "linear-probe top-1 (%) on the same frozen features (standardized; logistic regression, "
+                  f"L2 {PROBE_WEIGHT_DECAY:g}, full-batch L-BFGS to convergence)",
+}
+
+
+def commit() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"`{head}`" + (" with uncommitted changes" if dirty else "")
+
+
+def fmt(metric: str, value: float) -> str:
+    return f"{value:.1f}" if metric.endswith("top1") else f"{value:.4g}"
+
+
+def rows_of(out: str, done) -> list[dict]:
+    rows = []
+    for cell, record, result in done:
+        for metric, value in result["metrics"].items():
+            rows.append({"strategy": cell.strategy, "ratio": f"{cell.ratio:g}",
+                         "effective_masked_share": f"{result['effective_masked_share']:.6g}", "seed": cell.seed,
+                         "metric": metric, "value": f"{value:.8g}", "steps": record["steps"],
+                         "wall_seconds": record["wall_seconds"],
+                         "checkpoint": os.path.relpath(os.path.join(cell.folder(out), "model.pt"), out)})
+    return rows
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summary_text(base, config: str, overrides, cells, evals, done) -> str:
+    metrics = [m for e in evals for m in METRICS[e]]
+    strategies = list(dict.fromkeys(c.strategy for c in cells))
+    ratios = list(dict.fromkeys(c.ratio for c in cells))
+    seeds = list(dict.fromkeys(c.seed for c in cells))
+    by_cell = {(c.strategy, c.ratio, c.seed): (record, result) for c, record, result in done}
+    steps = sorted({record["steps"] for _, record, _ in done})
+    clips = base.TRAIN.BATCH_SIZE * base.DATA.NUM_REPEATS * base.TRAIN.ACCUM_STEPS
+    left_out = [c.name for c in cells if (c.strategy, c.ratio, c.seed) not in by_cell]
+    walls = [record["wall_seconds"] for _, record, _ in done]
+    lines = [
+        "# Masking-strategy comparison",
+        "",
+        f"- commit: {commit()}",
+        f"- config: `{os.path.relpath(config)}`" + (f", overrides `{' '.join(overrides)}`" if overrides else ""),
+        f"- budget per cell: {', '.join(map(str, steps)) or '-'} optimizer steps of {clips} clips "
+        f"(TRAIN.BATCH_SIZE {base.TRAIN.BATCH_SIZE} x DATA.NUM_REPEATS {base.DATA.NUM_REPEATS} x TRAIN.ACCUM_STEPS "
+        f"{base.TRAIN.ACCUM_STEPS}, one process), TRAIN.EPOCHS {base.TRAIN.EPOCHS}"
+        + (f", TRAIN.MAX_STEPS {base.TRAIN.MAX_STEPS}" if base.TRAIN.MAX_STEPS else "")
+        + ("" if len(steps) <= 1 else " -- **the cells did not train for the same number of steps**"),
+        f"- seeds: {', '.join(map(str, seeds))}; cells of one seed share data order, initialisation and "
+        "augmentation, only the masks differ",
+        f"- cells: {len(done)} of {len(cells)}" + (f" (left out, not finished: {', '.join(left_out)})" if left_out
+                                                    else ""),
+        f"- wall time of pretraining: {statistics.fmean(walls):.0f} s per cell, {sum(walls):.0f} s in all"
+        if walls else "- wall time of pretraining: -",
+        "",
+        "Metrics:",
+        "",
+        *[f"- `{m}`: {DESCRIPTIONS[m]}" for m in metrics],
+        "- masked share: the share of cubes the strategy actually hides, counted on its drawn masks",
+    ]
+    for ratio in ratios:
+        lines += ["", f"## MASK.RATIO {ratio:g}", "",
+                  "| strategy | masked share | " + " | ".join(f"{m} (mean ± std, n)" for m in metrics) + " |",
+                  "|---|---|" + "---|" * len(metrics)]
+        values = {}
+        for s in strategies:
+            present = [by_cell[(s, ratio, seed)] for seed in seeds if (s, ratio, seed) in by_cell]
+            if not present:
+                continue
+            share = present[0][1]["effective_masked_share"]
+            cols = []
+            for m in metrics:
+                vals = [result["metrics"][m] for _, result in present]
+                values[(s, m)] = vals
+                mean, std = mean_std(vals)
+                cols.append(f"{fmt(m, mean)} ± {fmt(m, std) if std is not None else '-'} ({len(vals)})")
+            lines.append(f"| {s} | {share:.1%} | " + " | ".join(cols) + " |")
+        lines += paired_differences(strategies, ratio, seeds, metrics, by_cell)
+    return "\n".join(lines) + "\n"
+
+
+def paired_differences(strategies, ratio, seeds, metrics, by_cell) -> list[str]:
+    first = strategies[0]
+    others = [s for s in strategies[1:]]
+    if not others or not metrics:
+        return []
+    lines = ["", f"Paired differences against {first} (the same seed; mean ± std over seeds), and the spread "
+             "between seeds (the larger std of the two strategies):", "",
+             "| strategy | metric | difference | spread between seeds |", "|---|---|---|---|"]
+    notes = []
+    for s in others:
+        for m in metrics:
+            pairs = [(by_cell[(s, ratio, seed)][1]["metrics"][m], by_cell[(first, ratio, seed)][1]["metrics"][m])
+                     for seed in seeds if (s, ratio, seed) in by_cell and (first, ratio, seed) in by_cell]
+            if not pairs:
+                continue
+            diff, diff_std = mean_std([a - b for a, b in pairs])
+            spreads = [mean_std([p[k] for p in pairs])[1] for k in (0, 1)]
+            spread = max(spreads) if None not in spreads else None
+            lines.append(f"| {s} | {m} | {fmt(m, diff)} ± {fmt(m, diff_std) if diff_std is not None else '-'} "
+                         f"({len(pairs)}) | {fmt(m, spread) if spread is not None else '-'} |")
+            if spread is None:
+                notes.append(f"- {s} vs {first}, {m}: one seed, no spread to judge the difference by.")
+            elif abs(diff) < spread:
+                notes.append(f"- {s} vs {first}, {m}: the difference ({fmt(m, diff)}) is smaller than the spread "
+                             f"between seeds ({fmt(m, spread)}); these runs do not tell the two apart.")
+    return lines + ([""] + notes if notes else [])
+
+
+def plot(out: str, cells, evals, done, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..engine.logs import read_metrics
+
+    metrics = [m for e in evals for m in METRICS[e]]
+    strategies = list(dict.fromkeys(c.strategy for c in cells))
+    ratios = list(dict.fromkeys(c.ratio for c in cells))
+    groups = [(s, r) for r in ratios for s in strategies]
+    colours = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(strategies)}
+    panels = len(metrics) + 1
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.6), dpi=110, squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for x, (s, r) in enumerate(groups):
+            vals = [result["metrics"][m] for c, _, result in done if (c.strategy, c.ratio) == (s, r)]
+            if not vals:
+                continue
+            ax.scatter([x] * len(vals), vals, color=colours[s], alpha=0.7, s=18, zorder=3)
+            ax.hlines(statistics.fmean(vals), x - 0.3, x + 0.3, color="black", lw=1.5, zorder=4)
+        ax.set_xticks(range(len(groups)), [s if len(ratios) == 1 else f"{s}\n{r:g}" for s, r in groups])
+        ax.set_title(m, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    ax = axes[0][-1]
+    for c, _, _ in done:
+        path_jsonl = os.path.join(c.folder(out), "metrics.jsonl")
+        if not os.path.exists(path_jsonl):
+            continue
+        rows = read_metrics(path_jsonl, "train")
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color=colours[c.strategy], alpha=0.6,
+                lw=1, label=c.strategy)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    if unique:
+        ax.legend(unique.values(), unique.keys(), fontsize=7)
+        ax.set_yscale("log")
+    ax.set_title("pretraining loss (own masks; not comparable across strategies)", fontsize=8)
+    ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(out: str, base, config: str, overrides, cells, evals, done) -> list[str]:
+    csv_path, md_path, png_path = (os.path.join(out, name) for name in ("results.csv", "summary.md", "summary.png"))
+    with open(csv_path + ".tmp", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows_of(out, done))
+    os.replace(csv_path + ".tmp", csv_path)
+    with open(md_path, "w") as handle:
+        handle.write(summary_text(base, config, overrides, cells, evals, done))
+    plot(out, cells, evals, done, png_path)
+    return [csv_path, md_path, png_path]
