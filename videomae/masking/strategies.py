@@ -71,6 +71,7 @@ class BlockMasking(MaskingStrategy):
 
     LANE_BOXES = 30   # boxes per int32 lane; bit 30 is the lane's "none" sentinel
     NONE = 2 * LANE_BOXES  # the first-box index of a cube no box covers
+    CPU_ROWS = 256    # rows per pass on a CPU: one pass's buffers stay in a core's L2 cache
 
     def __init__(self, ratio: float = 0.9, min_block: int = 16, max_block: int | None = None,
                  min_frames: int = 1, max_boxes: int = 48):
@@ -119,27 +120,20 @@ class BlockMasking(MaskingStrategy):
         lanes = torch.stack([both & 0xFFFFFFFF, both >> 32]).to(torch.int32)
         return lanes.bitwise_or_(1 << L)
 
-    def draw(self, gen, grid):
-        t, h, w = grid
-        R, A, target = len(gen), self.max_boxes, self.num_masked(grid)
-        L, dev, hw = self.LANE_BOXES, gen.device, h * w
-        t0, bt, y0, bh, x0, bw = self.boxes(gen, grid)
-        ys, xs, ts = self._lane_bits(y0, bh, h), self._lane_bits(x0, bw, w), self._lane_bits(t0, bt, t)
-        space = (ys[:, :, :, None] & xs[:, :, None, :]).view(2, R, hw)
-        ts = ts.transpose(1, 2).contiguous()                                # (2, T, R)
-        # `first` holds 127 + the first box covering each cube (the float32 exponent, kept biased so
-        # no op is spent removing the bias): 127 + NONE where no box does
-        first = torch.empty(R, t, hw, dtype=torch.uint8, device=dev)
-        # per slice and sample: how many cubes each box covers first (index_add_, not bincount,
-        # which reads the device to size its output)
-        hist = torch.zeros(t, R * 64, dtype=torch.int32, device=dev)
+    def _first_boxes(self, space, ts, first, hist):
+        """For rows of `first` (r, T, H'W') uint8: 127 + the first box covering each cube (the
+        float32 exponent, kept biased so no op is spent removing the bias), 127 + NONE where no box
+        does; `hist` (T, r, 64) += how many cubes each box covers first, per slice."""
+        R, hw = space.shape[1:]
+        L, dev = self.LANE_BOXES, space.device
+        # index_add_, not bincount, which reads the device to size its output
         ones = torch.ones(1, dtype=torch.int32, device=dev).expand(R * hw)
         offsets = torch.arange(-127, R * 64 - 127, 64, dtype=torch.int32, device=dev)[:, None]
         # one temporal slice at a time, in place in preallocated buffers: the work stays in cache,
         # and a fresh (R, H'W') tensor per op would cost more in page faults than the op itself
         cover, neg = (torch.empty(R, hw, dtype=torch.int32, device=dev) for _ in range(2))
         lowest = [torch.empty(R, hw, dtype=torch.float32, device=dev) for _ in range(2)]
-        for ti in range(t):
+        for ti in range(first.shape[1]):
             for lane in (0, 1):
                 torch.bitwise_and(space[lane], ts[lane, ti, :, None], out=cover)
                 cover.bitwise_and_(torch.neg(cover, out=neg))   # lowest set bit: 2**k, or 2**30
@@ -149,9 +143,23 @@ class BlockMasking(MaskingStrategy):
             lane0_empty = torch.sub(index, 127 - (32 - L), out=cover).bitwise_right_shift_(5)
             index.add_(second.sub_(127).mul_(lane0_empty))           # 127 + first box, or + NONE
             first[:, ti] = index
-            hist[ti].index_add_(0, index.add_(offsets).view(-1), ones)
-        hist = hist.view(t, R, 64)
-        union = hist[:, :, :A].sum(0).cumsum(1)                             # union after boxes 0..k
+            hist[ti].view(-1).index_add_(0, index.add_(offsets).view(-1), ones)
+
+    def draw(self, gen, grid):
+        t, h, w = grid
+        R, A, target = len(gen), self.max_boxes, self.num_masked(grid)
+        L, dev, hw = self.LANE_BOXES, gen.device, h * w
+        t0, bt, y0, bh, x0, bw = self.boxes(gen, grid)
+        ys, xs, ts = self._lane_bits(y0, bh, h), self._lane_bits(x0, bw, w), self._lane_bits(t0, bt, t)
+        space = (ys[:, :, :, None] & xs[:, :, None, :]).view(2, R, hw)
+        ts = ts.transpose(1, 2).contiguous()                                # (2, T, R)
+        first = torch.empty(R, t, hw, dtype=torch.uint8, device=dev)
+        hist = torch.zeros(t, R, 64, dtype=torch.int32, device=dev)
+        step = R if dev.type != "cpu" else self.CPU_ROWS
+        for lo in range(0, R, step):
+            rows = slice(lo, min(R, lo + step))
+            self._first_boxes(space[:, rows], ts[:, :, rows], first[rows], hist[:, rows])
+        union = hist.sum(0, dtype=torch.int32)[:, :A].cumsum(1)             # union after boxes 0..k
         taken = (union <= target).sum(1)                                    # whole boxes accepted
         covered = torch.cat([union.new_zeros(R, 1), union], 1).gather(1, taken[:, None])[:, 0]
         # the next box (or, with none left, the uncovered cubes) supplies the rest in raster order:
