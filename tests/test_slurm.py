@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import ROOT, TINY, env
+from helpers import ROOT, TINY, env, losses, run_train
 
 pytestmark = pytest.mark.slurm
 
@@ -40,8 +40,8 @@ def slurm_env() -> dict:
     return {**env(nproc=2), "PYTHON": python if os.path.exists(python) else shutil.which("python3")}
 
 
-def sbatch(out_dir, data_root, log, *overrides, wait=True):
-    args = ["sbatch", "--parsable", "--ntasks", "2", "--cpus-per-task", "1", "-o", str(log),
+def sbatch(out_dir, data_root, log, *overrides, wait=True, ntasks=2):
+    args = ["sbatch", "--parsable", "--ntasks", str(ntasks), "--cpus-per-task", "1", "-o", str(log),
             *(["--wait"] if wait else []), "tools/slurm/train.sbatch", "configs/demo/pretrain.yaml",
             "OUTPUT_DIR", str(out_dir), "DATA.ROOT", str(data_root), "DATA.LIST_DIR", str(data_root), *TINY,
             "DEEPSPEED.ZERO_STAGE", "2", *map(str, overrides)]
@@ -67,21 +67,19 @@ def test_two_task_job_trains_logs_and_checkpoints(tmp_path, synthetic_root):
     assert (out / "model.pt").exists()
 
 
-def test_signal_checkpoints_requeues_and_resumes(tmp_path, synthetic_root):
-    out, log = tmp_path / "run", tmp_path / "job.out"
-    result = sbatch(out, synthetic_root, log, "TRAIN.MAX_STEPS", 60, "TRAIN.EPOCHS", 100, wait=False)
-    assert result.returncode == 0, result.stderr
-    job = result.stdout.strip().split(";")[0]
-    metrics = out / "metrics.jsonl"
+def signal_and_wait_for_requeue(job: str, metrics, log, *scancel):
+    """Once the job trains, `scancel *scancel job`; then wait until the requeued job has finished."""
     try:
         deadline = time.time() + 300
         while time.time() < deadline:  # wait until it is training
             if metrics.exists() and sum('"train"' in line for line in open(metrics)) >= 3:
                 break
-            time.sleep(1)
+            if not job_state(job):  # ended before training: its log says why
+                deadline = 0
+            time.sleep(0.2)
         else:
             pytest.fail(f"job {job} did not start training:\n{log.read_text() if log.exists() else ''}")
-        subprocess.run(["scancel", "--signal=USR1", job], check=True)
+        subprocess.run(["scancel", *scancel, job], check=True)
         deadline = time.time() + 600
         while time.time() < deadline:
             state = job_state(job)
@@ -95,6 +93,15 @@ def test_signal_checkpoints_requeues_and_resumes(tmp_path, synthetic_root):
             pytest.fail(f"job {job} did not finish after the requeue")
     finally:
         subprocess.run(["scancel", job], capture_output=True)
+
+
+def test_signal_checkpoints_requeues_and_resumes(tmp_path, synthetic_root):
+    out, log = tmp_path / "run", tmp_path / "job.out"
+    result = sbatch(out, synthetic_root, log, "TRAIN.MAX_STEPS", 60, "TRAIN.EPOCHS", 100, wait=False)
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip().split(";")[0]
+    metrics = out / "metrics.jsonl"
+    signal_and_wait_for_requeue(job, metrics, log, "--signal=USR1")
     rows = [json.loads(line) for line in open(metrics)]
     kinds = [r["type"] for r in rows]
     assert "preempted" in kinds and "requeued SLURM job" in rows[kinds.index("preempted")]["requeue"]
@@ -105,6 +112,30 @@ def test_signal_checkpoints_requeues_and_resumes(tmp_path, synthetic_root):
     assert train_steps[-1] == 60 and preempted_at + 1 in train_steps  # picked up right after
     text = log.read_text()
     assert "restart 1" in text and f"resumed from step_{preempted_at:08d}" in text
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_of_the_step_requeues_and_matches_a_straight_run(tmp_path, synthetic_root):
+    """SLURM's preemption: SIGTERM to every process of the job step, loader workers included
+    (`scancel --signal=TERM` signals all of a job's steps; `--full` would signal the batch script
+    and srun as well, and srun answers SIGTERM by killing its step). The workers ignore it, the
+    rank finishes its step, checkpoints and requeues; the requeued job ends where a straight run
+    ends, with the same loss at every step."""
+    out, log = tmp_path / "run", tmp_path / "job.out"
+    run = ("TRAIN.MAX_STEPS", 30, "TRAIN.EPOCHS", 100, "DATA.NUM_WORKERS", 2, "DEEPSPEED.ZERO_STAGE", 0)
+    result = sbatch(out, synthetic_root, log, *run, wait=False, ntasks=1)
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip().split(";")[0]
+    signal_and_wait_for_requeue(job, out / "metrics.jsonl", log, "--signal=TERM")
+    text = log.read_text()
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    preempted = [r for r in rows if r["type"] == "preempted"]
+    assert len(preempted) == 1 and "requeued SLURM job" in preempted[0]["requeue"], text[-3000:]
+    assert "SIGTERM received" in text and "restart 1" in text and "killed by signal" not in text
+    assert f"resumed from step_{preempted[0]['step']:08d}" in text and (out / "model.pt").exists()
+    straight = tmp_path / "straight"
+    run_train(straight, synthetic_root, *run)
+    assert len(losses(out)) == 30 and losses(out) == pytest.approx(losses(straight), rel=1e-5)
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from videomae.cli import EXIT_PREEMPTED, run_tool  # noqa: E402
+from videomae.cli import EXIT_INTERRUPTED, EXIT_PREEMPTED, run_tool  # noqa: E402
 from videomae.engine.config import ConfigError, load_config  # noqa: E402
 
 
@@ -45,7 +45,18 @@ def main(argv=None) -> int:
     from videomae.engine.trainer import Trainer
 
     trainer = Trainer(cfg, build_task(cfg))
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:   # a second Ctrl-C (the first one checkpoints and exits with 75)
+        if trainer.info.is_main:
+            from videomae.engine.checkpoint import latest_tag
+
+            last = latest_tag(trainer.ckpt_dir)
+            where = (f"the same command resumes from {os.path.join(trainer.ckpt_dir, last)}" if last
+                     else "no complete checkpoint yet")
+            print(f"aborted by a second Ctrl-C at step {trainer.step}; nothing more was saved; {where}",
+                  file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     if trainer.info.is_main:
         print(json.dumps(result), flush=True)
     if result["status"] == "preempted" and not result["requeued"]:

@@ -9,7 +9,8 @@ Exit codes (the same table is in README.md):
       0  success
       1  data / checkpoint / runtime error: a list, a video, a checkpoint, a path, a non-finite loss
       2  usage / config error: the command line or the config needs fixing
-     75  preempted outside SLURM: checkpointed; run the same command again to resume
+     75  preempted outside SLURM, or stopped by one Ctrl-C: checkpointed; run the same command again to resume
+    130  aborted by Ctrl-C (train: a second Ctrl-C); nothing more was saved
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2         # argparse exits with 2 too
 EXIT_PREEMPTED = 75    # sysexits.h EX_TEMPFAIL: "try again later"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
 
 
 class UsageError(ValueError):
@@ -85,6 +87,9 @@ def run_tool(main, argv=None) -> int:
     """Run a tool's `main(argv)`; its return value is the exit code (None counts as success)."""
     try:
         code = main(argv)
+    except KeyboardInterrupt:  # Ctrl-C is not a bug: no traceback
+        print("interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     except Exception as err:
         known = classify(err)
         if known is None:

@@ -120,6 +120,9 @@ def save(engine, ckpt_dir: str, step: int, client_state: dict, is_main: bool, ke
         _atomic_write_text(os.path.join(folder, MARKER), json.dumps(facts) + "\n")
         _atomic_write_text(os.path.join(ckpt_dir, LATEST), tag)
         for old in complete_tags(ckpt_dir)[:-keep] if keep > 0 else []:
+            # the marker goes first: a removal cut short (kill, Ctrl-C) leaves an incomplete folder,
+            # which the next start removes, never a "complete" one with files missing
+            os.remove(os.path.join(ckpt_dir, old, MARKER))
             shutil.rmtree(os.path.join(ckpt_dir, old), ignore_errors=True)
             shutil.rmtree(os.path.join(ckpt_dir, f"{old}_universal"), ignore_errors=True)
     barrier()

@@ -86,8 +86,9 @@ class Trainer:
     def __init__(self, cfg, task):
         self.cfg, self.task = cfg, task
         self.info, self.device = init_distributed()  # first: it tells DeepSpeed which accelerator
-        # catch SLURM's warning signals from the start: one during set-up is acted on at the first step
-        self.preemption = Preemption()
+        # catch SLURM's warning signals (and Ctrl-C) from the start: one during set-up is acted on at
+        # the first step
+        self.preemption = Preemption(announce=self.info.is_main)
         from .quiet import import_deepspeed
 
         deepspeed = import_deepspeed()
@@ -508,9 +509,15 @@ class Trainer:
     def on_preemption(self) -> None:
         self.log.info(f"{self.preemption.signal_name or 'signal'} received: checkpointing at step {self.step}")
         self.save_checkpoint()
-        message = requeue_slurm_job() if self.info.is_main else ""
+        # Ctrl-C is a person stopping the run, not the scheduler taking the node: no requeue
+        by_hand = self.preemption.signal_name == "SIGINT"
+        if by_hand:
+            message = "stopped by Ctrl-C: not requeued"
+        else:
+            message = requeue_slurm_job() if self.info.is_main else ""
         # only rank 0 asks SLURM; the others go by whether they run in a SLURM job at all
-        self.requeued = message.startswith("requeued") if self.info.is_main else "SLURM_JOB_ID" in os.environ
+        self.requeued = (message.startswith("requeued") if self.info.is_main
+                         else "SLURM_JOB_ID" in os.environ and not by_hand)
         self.log.info(message)
         self.log.record("preempted", self.step, requeue=message)
         barrier()
