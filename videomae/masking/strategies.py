@@ -71,7 +71,6 @@ class BlockMasking(MaskingStrategy):
 
     LANE_BOXES = 30   # boxes per int32 lane; bit 30 is the lane's "none" sentinel
     NONE = 2 * LANE_BOXES  # the first-box index of a cube no box covers
-    CPU_ROWS = 256    # rows per pass on a CPU: one pass's buffers stay in a core's L2 cache
 
     def __init__(self, ratio: float = 0.9, min_block: int = 16, max_block: int | None = None,
                  min_frames: int = 1, max_boxes: int = 48):
@@ -155,10 +154,7 @@ class BlockMasking(MaskingStrategy):
         ts = ts.transpose(1, 2).contiguous()                                # (2, T, R)
         first = torch.empty(R, t, hw, dtype=torch.uint8, device=dev)
         hist = torch.zeros(t, R, 64, dtype=torch.int32, device=dev)
-        step = R if dev.type != "cpu" else self.CPU_ROWS
-        for lo in range(0, R, step):
-            rows = slice(lo, min(R, lo + step))
-            self._first_boxes(space[:, rows], ts[:, :, rows], first[rows], hist[:, rows])
+        self._first_boxes(space, ts, first, hist)
         union = hist.sum(0, dtype=torch.int32)[:, :A].cumsum(1)             # union after boxes 0..k
         taken = (union <= target).sum(1)                                    # whole boxes accepted
         covered = torch.cat([union.new_zeros(R, 1), union], 1).gather(1, taken[:, None])[:, 0]
