@@ -20,14 +20,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import timm  # noqa: E402
-
 import videomae  # noqa: E402,F401
 from videomae.cli import UsageError, run_tool  # noqa: E402
 from videomae.convert import CheckpointError, load_checkpoint, open_checkpoint  # noqa: E402
 from videomae.convert.hf import export_hf  # noqa: E402
 from videomae.engine.checkpoint import save_model_file  # noqa: E402
 from videomae.engine.config import model_hint, our_models  # noqa: E402
+from videomae.models.factory import create_model  # noqa: E402
 
 
 def head_classes(args, checkpoint) -> int:
@@ -77,7 +76,7 @@ def main(argv=None) -> int:
         kwargs["num_classes"] = head_classes(args, checkpoint)
     elif args.num_classes is not None or args.new_head:
         raise UsageError(f"--num-classes / --new-head apply to classifier models (videomae_vit_*), not {args.model}")
-    model = timm.create_model(args.model, **kwargs)
+    model = create_model(args.model, **kwargs)
     try:
         report = load_checkpoint(model, checkpoint, new_head=args.new_head)
     except CheckpointError as err:
