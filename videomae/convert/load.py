@@ -110,7 +110,9 @@ def load_checkpoint(model, source, require_classifier: bool = False, new_head: b
     encoder = model if is_classifier else model.encoder
     prefix = "" if is_classifier else "encoder."
 
-    if require_classifier and ("head.weight" not in state or "fc_norm.weight" not in state):
+    # a trained classifier: a head, and the norm before it (fc_norm, or the final norm of a
+    # use_mean_pooling=False model)
+    if require_classifier and ("head.weight" not in state or not {"fc_norm.weight", "norm.weight"} & set(state)):
         has_decoder = any(k.startswith(PRETRAIN_ONLY) for k in state)
         raise CheckpointError(
             f"{name} is a {'pretraining' if has_decoder else 'encoder-only'} checkpoint (no head.weight / "
