@@ -5,10 +5,12 @@
         --out vit_b.pt
     # -> a HF transformers folder (VideoMAEForPreTraining / VideoMAEForVideoClassification)
     python tools/convert_checkpoint.py --src runs/ssv2_ft/model.pt --model videomae_vit_base_patch16_224 \
-        --num-classes 174 --to hf --out hf_ssv2_b
+        --to hf --out hf_ssv2_b
     # a HF folder -> ours
-    python tools/convert_checkpoint.py --src hf_ssv2_b --model videomae_vit_base_patch16_224 --num-classes 174 \
-        --out vit_b_ssv2.pt
+    python tools/convert_checkpoint.py --src hf_ssv2_b --model videomae_vit_base_patch16_224 --out vit_b_ssv2.pt
+
+A classifier keeps the checkpoint's trained head and its class count. `--num-classes` naming
+another count is refused (exit code 2) unless `--new-head` asks for a fresh, untrained head.
 """
 from __future__ import annotations
 
@@ -18,21 +20,38 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import timm  # noqa: E402
-
 import videomae  # noqa: E402,F401
 from videomae.cli import UsageError, run_tool  # noqa: E402
-from videomae.convert import CheckpointError, load_checkpoint  # noqa: E402
+from videomae.convert import CheckpointError, load_checkpoint, open_checkpoint  # noqa: E402
 from videomae.convert.hf import export_hf  # noqa: E402
 from videomae.engine.checkpoint import save_model_file  # noqa: E402
 from videomae.engine.config import model_hint, our_models  # noqa: E402
+from videomae.models.factory import create_model  # noqa: E402
+
+
+def head_classes(args, checkpoint) -> int:
+    """The classifier's class count: the checkpoint's trained head unless a fresh head is asked for."""
+    trained = checkpoint.num_classes
+    if trained is None:   # pretraining / encoder-only: the head is new either way (the report says so)
+        return args.num_classes or 400
+    if args.new_head:
+        return args.num_classes or trained
+    if args.num_classes not in (None, trained):
+        raise UsageError(f"--num-classes {args.num_classes}, but {args.src} has a trained {trained}-class head: "
+                         f"leave --num-classes out to keep it, or add --new-head to replace it by an untrained "
+                         f"{args.num_classes}-class head")
+    return trained
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", required=True, help="file or folder")
     parser.add_argument("--model", required=True, help="registered model name the weights are for")
-    parser.add_argument("--num-classes", type=int, default=400)
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="classifier models: default the checkpoint's trained head (400 when it has none); "
+                             "another count than the head's needs --new-head")
+    parser.add_argument("--new-head", action="store_true",
+                        help="replace the checkpoint's trained head by a fresh, untrained one")
     parser.add_argument("--num-frames", type=int, default=16)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--tubelet-size", type=int, default=2)
@@ -48,11 +67,18 @@ def main(argv=None) -> int:
         raise UsageError(f"--img-size {args.img_size} must be a multiple of {args.model}'s patch size {patch} and "
                          f"--num-frames {args.num_frames} a multiple of --tubelet-size {args.tubelet_size}")
     kwargs = dict(num_frames=args.num_frames, img_size=args.img_size, tubelet_size=args.tubelet_size)
-    if args.model.startswith("videomae_vit_"):
-        kwargs["num_classes"] = args.num_classes
-    model = timm.create_model(args.model, **kwargs)
     try:
-        report = load_checkpoint(model, args.src)
+        checkpoint = open_checkpoint(args.src)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if models[args.model][0] == "classifier":
+        kwargs["num_classes"] = head_classes(args, checkpoint)
+    elif args.num_classes is not None or args.new_head:
+        raise UsageError(f"--num-classes / --new-head apply to classifier models (videomae_vit_*), not {args.model}")
+    model = create_model(args.model, **kwargs)
+    try:
+        report = load_checkpoint(model, checkpoint, new_head=args.new_head)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -10,7 +10,9 @@ OUTPUT_DIR is not used.
 
 Writes test_predictions.csv, test_per_class.csv, test_confusion.png and test_metrics.json to
 `--out` (or OUTPUT_DIR given on the command line), else next to the checkpoint. A pretraining
-checkpoint is refused: its head was never trained. A val/test video that fails to load stops
+checkpoint is refused: its head was never trained. The class count is the checkpoint's: a config
+naming another count (MODEL.NUM_CLASSES, or DATA.NUM_CLASSES when that is 0) is refused with exit
+code 2, never met by replacing the trained head. A val/test video that fails to load stops
 the test with its list file:line; `--skip-bad-videos` (DATA.EVAL_SKIP_BAD True) skips such videos
 and lists them in test_metrics.json.
 """
@@ -24,8 +26,24 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from videomae.cli import run_tool  # noqa: E402
-from videomae.convert import CheckpointError, load_checkpoint  # noqa: E402
+from videomae.convert import CheckpointError, load_checkpoint, open_checkpoint  # noqa: E402
 from videomae.engine.config import ConfigError, checkpoint_config  # noqa: E402
+
+
+def take_class_count(cfg, checkpoint, configured: int | None):
+    """The model gets the class count of the checkpoint's trained head. A config that names another
+    count is refused: the head would be replaced by an untrained one and the test would score noise."""
+    trained = checkpoint.num_classes
+    if trained is None or configured == trained:
+        return cfg
+    if configured:
+        raise ConfigError(f"{checkpoint.name} has a trained {trained}-class head but the config says {configured} "
+                          "classes (MODEL.NUM_CLASSES, or DATA.NUM_CLASSES when that is 0): give the config it "
+                          f"was fine-tuned with, or MODEL.NUM_CLASSES {trained}")
+    cfg.defrost()
+    cfg.MODEL.NUM_CLASSES = trained
+    cfg.freeze()
+    return cfg
 
 
 def main(argv=None) -> int:
@@ -60,6 +78,11 @@ def main(argv=None) -> int:
     from videomae.engine.data import class_names, model_classes
 
     class_names(cfg, model_classes(cfg))   # a classes.json naming fewer classes: say so before any work
+    checkpoint = open_checkpoint(args.checkpoint)   # read once: its head says how many classes
+    configured = model_classes(cfg)
+    cfg = take_class_count(cfg, checkpoint, configured)
+    if model_classes(cfg) != configured:   # taken from the checkpoint: classes.json must name them too
+        class_names(cfg, model_classes(cfg))
 
     import torch
 
@@ -72,7 +95,7 @@ def main(argv=None) -> int:
     info, device = init_distributed()
     model = build_classifier_from_cfg(cfg)
     try:
-        report = load_checkpoint(model, args.checkpoint, require_classifier=True)
+        report = load_checkpoint(model, checkpoint, require_classifier=True)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

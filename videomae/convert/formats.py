@@ -76,6 +76,11 @@ def _read_folder(path: str) -> tuple[dict, dict]:
             return read_deepspeed_folder(folder), {"source": "deepspeed"}
         except ZeroCheckpointError as err:
             raise CheckpointError(str(err)) from None
+    latest = os.path.join(path, "latest")
+    if os.path.isfile(latest):   # DeepSpeed's own marker, as an official output_dir has it
+        tag = open(latest).read().strip()
+        raise CheckpointError(f"{path}: its DeepSpeed `latest` names {tag!r}, which holds no *_model_states.pt "
+                              "(point at the tag folder you want)")
     raise CheckpointError(f"{path}: not a checkpoint folder (no model.safetensors, pytorch_model.bin, "
                           "model.pt or DeepSpeed checkpoint)")
 

@@ -204,7 +204,7 @@ def hf_config_kwargs(model) -> dict:
         num_hidden_layers=enc.depth, num_attention_heads=enc.num_heads,
         intermediate_size=int(enc.embed_dim * enc.mlp_ratio), hidden_act="gelu",
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=eps.pop(),
-        qkv_bias=enc.qkv_bias, use_mean_pooling=not pretrain,
+        qkv_bias=enc.qkv_bias, use_mean_pooling=not pretrain and model.fc_norm is not None,
     )
     if pretrain:
         cfg = model.cfg

@@ -66,21 +66,53 @@ def _inflate_patch_embed(weight: torch.Tensor, tubelet: int) -> torch.Tensor:
     return (w * (t_old / tubelet)).to(weight.dtype)
 
 
-def load_checkpoint(model, source, require_classifier: bool = False) -> LoadReport:
-    """Load `source` (a path, or a state dict) into `model` (PretrainVideoMAE or VideoClassifier)."""
+@dataclass
+class Checkpoint:
+    """A checkpoint read once, in our key names: tools look at it (its class count) before building
+    the model, then load it without reading the file again."""
+    name: str
+    state: dict
+    fmt: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int | None:
+        """Classes of its trained head, or None when it has none (pretraining / encoder-only)."""
+        head = self.state.get("head.weight")
+        return int(head.shape[0]) if head is not None and head.ndim == 2 else None
+
+
+def open_checkpoint(source) -> Checkpoint:
+    """`source`: a path (file or folder), a state dict, or an already opened Checkpoint."""
+    if isinstance(source, Checkpoint):
+        return source
     if isinstance(source, (str, os.PathLike)):
         raw, meta = read_state_dict(source)
         name = os.fspath(source)
     else:
         raw, meta, name = source, {}, "state dict"
     state, fmt = canonical_state(raw)
-    state = _encoder_view(state, model)
+    return Checkpoint(name, state, fmt, meta)
+
+
+def load_checkpoint(model, source, require_classifier: bool = False, new_head: bool = False) -> LoadReport:
+    """Load `source` (a path, a state dict or a Checkpoint) into `model` (PretrainVideoMAE or
+    VideoClassifier).
+
+    A trained head of another class count is dropped (and reported) when fine-tuning starts from it;
+    with `require_classifier` (evaluating the head as it is) that is an error instead. `new_head`
+    drops the checkpoint's head even when it fits, for a fresh one asked for explicitly."""
+    ckpt = open_checkpoint(source)
+    name, fmt, meta = ckpt.name, ckpt.fmt, ckpt.meta
+    state = _encoder_view(ckpt.state, model)
     report = LoadReport(name, fmt)
     is_classifier = isinstance(model, VideoClassifier)
     encoder = model if is_classifier else model.encoder
     prefix = "" if is_classifier else "encoder."
 
-    if require_classifier and ("head.weight" not in state or "fc_norm.weight" not in state):
+    # a trained classifier: a head, and the norm before it (fc_norm, or the final norm of a
+    # use_mean_pooling=False model)
+    if require_classifier and ("head.weight" not in state or not {"fc_norm.weight", "norm.weight"} & set(state)):
         has_decoder = any(k.startswith(PRETRAIN_ONLY) for k in state)
         raise CheckpointError(
             f"{name} is a {'pretraining' if has_decoder else 'encoder-only'} checkpoint (no head.weight / "
@@ -98,6 +130,9 @@ def load_checkpoint(model, source, require_classifier: bool = False) -> LoadRepo
             continue
         if key.startswith(f"{prefix}pos_embed.pos_embed_") and isinstance(encoder.pos_embed, SeparablePosEmbed):
             continue  # handled below, with resizing
+        if new_head and key.startswith("head."):
+            report.dropped.append((key, "trained head replaced by a fresh one, as asked"))
+            continue
         if key not in target:
             why = ("pretraining-only (decoder)" if key.startswith(PRETRAIN_ONLY) else
                    "final norm, unused with mean pooling" if key.startswith("norm.") else
@@ -112,6 +147,10 @@ def load_checkpoint(model, source, require_classifier: bool = False) -> LoadRepo
                 merged[key] = _inflate_patch_embed(value, want[2])
                 report.adapted.append((key, f"tubelet {value.shape[2]} -> {want[2]} (inflated)"))
                 continue
+            if key.startswith("head.") and require_classifier:
+                raise CheckpointError(f"{name} has a trained {ckpt.num_classes}-class head but the model was built "
+                                      f"for {getattr(model, 'num_classes', '?')} classes: build it with "
+                                      f"{ckpt.num_classes} to evaluate that head")
             if key.startswith("head."):
                 report.dropped.append((key, f"old head {tuple(value.shape)} != {tuple(want)}"))
                 continue

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import timm
 import torch
 
 from ..convert import load_checkpoint
+from ..models.factory import create_model
 from .config import ConfigError
 from .data import build_dataset
 from .evaluation import classification_metrics, predict_dataset, test_report
@@ -29,8 +29,8 @@ def num_classes_of(cfg) -> int:
 
 def build_classifier_from_cfg(cfg, log=print):
     m = cfg.MODEL
-    model = timm.create_model(m.NAME, num_classes=num_classes_of(cfg), head_drop_rate=m.HEAD_DROP,
-                              **model_kwargs(cfg))
+    model = create_model(m.NAME, num_classes=num_classes_of(cfg), head_drop_rate=m.HEAD_DROP,
+                         **model_kwargs(cfg))
     if hasattr(model, "decoder"):
         raise ConfigError(f"MODEL.NAME={m.NAME} is a pretraining model; use a videomae_vit_* name to fine-tune")
     if m.PRETRAINED:

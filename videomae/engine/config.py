@@ -23,7 +23,7 @@ C.IMPORTS = ""                       # your modules or .py files, comma-separate
                                      # they may register masking strategies or timm models
 
 C.MODEL = CfgNode()
-C.MODEL.NAME = "pretrain_videomae_base_patch16_224"   # any registered timm name
+C.MODEL.NAME = "pretrain_videomae_base_patch16_224"   # one of ours, or a timm name IMPORTS registers
 C.MODEL.NUM_FRAMES = 16
 C.MODEL.IMG_SIZE = 224
 C.MODEL.TUBELET_SIZE = 2
@@ -255,15 +255,14 @@ PRETRAIN_PREFIX, CLASSIFIER_PREFIX = "pretrain_videomae_", "videomae_vit_"
 
 
 def our_models() -> dict[str, tuple[str, int]]:
-    """name -> (kind, patch size) for every model videomae/models/factory.py registers with timm;
-    kind is "pretrain" or "classifier". Read from the factory module itself, so the table is
-    exactly what `timm.create_model` will find of ours (not timm's own thousand names)."""
-    from ..models import factory
+    """name -> (kind, patch size) for every model in our name table (videomae/models/factory.py
+    MODELS, which `MODEL.NAME` resolves through, not timm's registry); kind is "pretrain" or
+    "classifier"."""
+    from ..models.factory import MODELS
 
     table = {}
-    for name, fn in vars(factory).items():
-        if callable(fn) and getattr(fn, "__module__", None) == factory.__name__ \
-                and name.startswith((PRETRAIN_PREFIX, CLASSIFIER_PREFIX)):
+    for name in MODELS:
+        if name.startswith((PRETRAIN_PREFIX, CLASSIFIER_PREFIX)):
             patch = re.search(r"_patch(\d+)_", name)
             table[name] = ("pretrain" if name.startswith(PRETRAIN_PREFIX) else "classifier",
                            int(patch.group(1)) if patch else 0)

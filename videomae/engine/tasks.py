@@ -7,10 +7,10 @@ import functools
 import math
 from dataclasses import dataclass
 
-import timm
 import torch
 
 from ..masking import build_masking, validate_mask
+from ..models.factory import create_model
 from ..models.targets import IMAGENET_MEAN, IMAGENET_STD
 from ..seeding import RowGenerator
 from .optim import param_groups
@@ -83,8 +83,8 @@ class PretrainTask:
 
     def build_model(self) -> torch.nn.Module:
         m = self.cfg.MODEL
-        model = timm.create_model(m.NAME, decoder_depth=m.DECODER_DEPTH, norm_target=m.NORM_TARGET,
-                                  **model_kwargs(self.cfg))
+        model = create_model(m.NAME, decoder_depth=m.DECODER_DEPTH, norm_target=m.NORM_TARGET,
+                             **model_kwargs(self.cfg))
         if not hasattr(model, "decoder"):
             raise ValueError(f"MODEL.NAME={m.NAME} is not a pretraining model; use a "
                              "pretrain_videomae_* name for TASK pretrain")

@@ -178,13 +178,16 @@ class BlockMasking(MaskingStrategy):
 
 @register_masking("running_cell")
 class RunningCellMasking(MaskingStrategy):
-    """VideoMAE V2's decoder mask. A 2x2 cell holds `int(4 * ratio)` masked and the rest kept
-    positions (0.5: 2 and 2); the pattern moves one position along the cell per temporal slice and
-    is tiled over H' x W' (both even). Each sample starts at a random phase. Masked per sample:
-    T' * H'W' * int(4 * ratio) / 4."""
+    """VideoMAE V2's decoder mask (its `RunningCellMaskingGenerator`). A 2x2 cell is read in raster
+    order (top-left, top-right, bottom-left, bottom-right) as a window onto a ring of four slots:
+    `k = int(4 * ratio)` masked slots followed by `4 - k` kept ones (0.5: 2 and 2). At phase p and
+    temporal slice t the window starts at slot `p + t + 1` (V2 advances its pointer before reading
+    the first slice), so raster position i of every cell is masked iff `(i + p + t + 1) % 4 < k`.
+    The cell is tiled over H' x W' (both even). Each sample draws one of the 4 phases, uniformly.
+    Masked per sample: T' * H'W' * k / 4 (each slice masks k of every 4 cells' positions).
 
-    # walk the 2x2 cell in a cycle (not raster order) so a shift by one is a rotation
-    _CYCLE = ((0, 0), (0, 1), (1, 1), (1, 0))
+    Ratio 0.5, phase 0, per slice: [1,0,0,1], [0,0,1,1], [0,1,1,0], [1,1,0,0]. (Walking the cell
+    as a cycle instead gives none of V2's four phase patterns.)"""
 
     def __init__(self, ratio: float = 0.5):
         super().__init__(ratio)
@@ -197,18 +200,15 @@ class RunningCellMasking(MaskingStrategy):
         return t * h * w * int(4 * self.ratio) // 4
 
     def patterns(self, grid) -> torch.Tensor:
-        """(4, N) bool: the full mask for each starting phase."""
+        """(4, N) bool: the full mask for each phase (index = V2's starting pointer)."""
         t, h, w = grid
         if h % 2 or w % 2:
             raise ValueError(f"running_cell needs an even spatial grid, got {h}x{w}")
         k = int(4 * self.ratio)
-        out = torch.zeros(4, t, h, w, dtype=torch.bool)
-        for phase in range(4):
-            for ti in range(t):
-                for j in range(k):
-                    dy, dx = self._CYCLE[(phase + ti + j) % 4]
-                    out[phase, ti, dy::2, dx::2] = True
-        return out.flatten(1)
+        cell = 2 * (torch.arange(h) % 2)[:, None] + (torch.arange(w) % 2)[None, :]   # raster index in the cell
+        phase = torch.arange(4)[:, None, None, None]
+        slot = (cell + torch.arange(t)[:, None, None] + phase + 1) % 4                # (4, T', H', W')
+        return (slot < k).flatten(1)
 
     def draw(self, gen, grid):
         phase = (gen.uniform(1)[:, 0] * 4).long().clamp(max=3)

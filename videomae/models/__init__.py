@@ -1,6 +1,6 @@
 from .classifier import VideoClassifier
 from .encoder import EncoderConfig, VideoEncoder
-from .factory import SIZES, build_classifier, build_pretrain_model
+from .factory import MODELS, SIZES, build_classifier, build_pretrain_model, create_model
 from .masks import TokenSplit, check_mask_layout, split_tokens
 from .pos_embed import SeparablePosEmbed, SinusoidPosEmbed, resize_pos_embed, sinusoid_table
 from .pretrain import PretrainConfig, PretrainOutput, PretrainVideoMAE

@@ -1,4 +1,6 @@
 """Action-recognition model: the encoder, mean pooling over all tokens, fc_norm, a linear head.
+With `use_mean_pooling=False` (the official option, and HF's) the encoder's final norm is applied
+and the head reads token 0 -- the first cube's token: these models have no cls token.
 
 Parameter names follow the official VideoMAE fine-tuned layout (`patch_embed.*`, `blocks.*`,
 `fc_norm.*`, `head.*`) so its checkpoints load as they are.
@@ -28,11 +30,12 @@ class VideoClassifier(VideoEncoder):
                 self.head.bias.mul_(init_scale)
 
     def forward_features(self, video: torch.Tensor, drop_noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Pooled clip feature (B, D): mean of all tokens, then fc_norm."""
+        """Pooled clip feature (B, D): mean of all tokens, then fc_norm; or, without mean pooling,
+        token 0 after the final norm (as the official code and HF do)."""
         x = self.forward_tokens(video, None, drop_noise)  # [B, N, D]
         if self.fc_norm is not None:
             return self.fc_norm(x.mean(dim=1))
-        return x.mean(dim=1)
+        return x[:, 0]
 
     def forward(self, video: torch.Tensor, drop_noise: torch.Tensor | None = None) -> torch.Tensor:
         """drop_noise: (B, random_draws) per-sample drop-path draws (seeding protocol), or None."""

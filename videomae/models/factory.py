@@ -1,8 +1,12 @@
-"""Model sizes as data, registered with timm.
+"""Model sizes as data, in our own name table and registered with timm.
 
-After `import videomae`, `timm.create_model("pretrain_videomae_base_patch16_224")` and
-`timm.create_model("videomae_vit_base_patch16_224", num_classes=174)` work; every
+`create_model("pretrain_videomae_base_patch16_224")` and
+`create_model("videomae_vit_base_patch16_224", num_classes=174)` build our models; every
 EncoderConfig field (`num_frames`, `img_size`, `tubelet_size`, `drop_path_rate`, ...) is a keyword.
+Our code looks names up in `MODELS`, never in timm's global registry: another package (say the
+official model files) may register the same names with timm, and `MODEL.NAME` still means ours.
+The timm registration is for timm users: after `import videomae`, `timm.create_model(...)` works
+with the same names, as long as nothing registered over them.
 """
 from __future__ import annotations
 
@@ -75,6 +79,19 @@ def build_classifier(size: str = "base", **kwargs) -> VideoClassifier:
     return VideoClassifier(EncoderConfig(**encoder), **extra)
 
 
+# name -> builder, for every model of ours (filled below, one pretraining and one classifier per size)
+MODELS: dict = {}
+
+
+def create_model(name: str, **kwargs):
+    """Our model `name` from our table; any other name goes to timm (a model of your own that a
+    module named in IMPORTS registered there)."""
+    if name in MODELS:
+        return MODELS[name](**kwargs)
+    import timm
+    return timm.create_model(name, **kwargs)
+
+
 def _register(size: str, patch: int) -> None:
     def pretrain(pretrained: bool = False, **kwargs):
         return build_pretrain_model(size, pretrained=pretrained, **kwargs)
@@ -87,6 +104,7 @@ def _register(size: str, patch: int) -> None:
         fn.__name__ = fn.__qualname__ = name
         fn.__module__ = __name__
         fn.__doc__ = f"VideoMAE {size} ({'pretraining' if fn is pretrain else 'classifier'})."
+        MODELS[name] = fn
         globals()[name] = register_model(fn)
 
 
