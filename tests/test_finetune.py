@@ -122,6 +122,7 @@ def test_ema_weights_are_written(pretrained, synthetic_root, tmp_path):
     assert not torch.equal(ema["head.weight"], main["head.weight"])  # an average, not a copy
 
 
+@pytest.mark.slow
 def test_visualize_compares_strategies_on_one_clip(pretrained, finetuned, synthetic_root, tmp_path):
     import importlib.util
     import re

@@ -67,6 +67,7 @@ def test_run_outputs(tmp_path, synthetic_root):
     assert marker == "step_00000002" and (out / "checkpoints" / marker / "COMPLETE").exists()
 
 
+@pytest.mark.slow
 def test_incomplete_checkpoint_is_ignored(tmp_path, synthetic_root):
     out = tmp_path / "run"
     run_train(out, synthetic_root, "TRAIN.MAX_STEPS", 2, "TRAIN.CKPT_STEPS", 1)
@@ -187,6 +188,7 @@ def test_compiled_model_trains_like_eager(tmp_path, synthetic_root):
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_demo_config_makes_its_data_on_first_use(tmp_path):
     """configs/demo/pretrain.yaml run before `make demo`: the synthetic set appears where the
     config points, then training runs on it."""
