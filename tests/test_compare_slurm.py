@@ -18,19 +18,32 @@ def compare(out, data_root, *flags, environment=None):
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=environment or env(), timeout=900)
 
 
-def test_dry_run_prints_an_array_with_preemption_handling(tmp_path, synthetic_root):
-    result = compare(tmp_path / "cmp", synthetic_root, "--slurm-dry-run", "--gpus-per-cell", "2")
-    assert result.returncode == 0, result.stderr
-    script = result.stdout
+def test_dry_run_prints_an_array_with_preemption_handling(tmp_path, synthetic_root, capsys):
+    import importlib.util
+
+    from videomae.cli import run_tool
+
+    spec = importlib.util.spec_from_file_location("compare_masking", ROOT / "tools" / "compare_masking.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    def dry_run(gpus):
+        code = run_tool(tool.main, ["--slurm-dry-run", "--gpus-per-cell", gpus, "--config",
+                                    str(ROOT / "configs/demo/pretrain.yaml"), *SMALL, "--out", str(tmp_path / "cmp"),
+                                    "DATA.ROOT", str(synthetic_root), "DATA.LIST_DIR", str(synthetic_root)])
+        return code, capsys.readouterr()
+
+    code, printed = dry_run("2")
+    assert code == 0, printed.err
     for line in ("#SBATCH --array=0-1", "#SBATCH --ntasks=2", "#SBATCH --gpus-per-task=1",
                  "#SBATCH --signal=USR1@180", "#SBATCH --requeue", "#   0: tube-0.9-s0", "#   1: random-0.9-s0"):
-        assert line in script.splitlines()
-    assert '--cell "$SLURM_ARRAY_TASK_ID"' in script
+        assert line in printed.out.splitlines()
+    assert '--cell "$SLURM_ARRAY_TASK_ID"' in printed.out
     assert not (tmp_path / "cmp").exists()          # a dry run writes nothing
-    cpu = compare(tmp_path / "cmp", synthetic_root, "--slurm-dry-run", "--gpus-per-cell", "0").stdout
-    assert "#SBATCH --ntasks=1" in cpu and "gpus-per-task" not in cpu
-    bad = compare(tmp_path / "cmp", synthetic_root, "--slurm-dry-run", "--gpus-per-cell", "-1")
-    assert bad.returncode == 2 and "--gpus-per-cell -1" in bad.stderr
+    code, cpu = dry_run("0")
+    assert "#SBATCH --ntasks=1" in cpu.out and "gpus-per-task" not in cpu.out
+    code, bad = dry_run("-1")
+    assert code == 2 and "--gpus-per-cell -1" in bad.err
 
 
 @pytest.mark.slow
