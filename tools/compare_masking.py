@@ -9,6 +9,9 @@ apply to every cell; MASK.TYPE, MASK.RATIO, SEED and OUTPUT_DIR are set per cell
 again skips finished cells and resumes unfinished ones; a cell whose stored config differs is
 refused with the keys named. `--collect` only builds the report, from the cells already finished
 and evaluated. Writes DIR/results.csv, DIR/summary.md and DIR/summary.png (docs/compare.md).
+
+`--slurm` submits the cells as one SLURM job array instead (one task per cell, preemption handled
+as in tools/slurm/train.sbatch; `--slurm-dry-run` prints the script); `--collect` then reports.
 """
 from __future__ import annotations
 
@@ -31,6 +34,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="folder for the cells and the report")
     parser.add_argument("--collect", action="store_true",
                         help="train and evaluate nothing: report the cells finished and evaluated so far")
+    slurm = parser.add_argument_group("SLURM: one array task per cell")
+    slurm.add_argument("--slurm", action="store_true",
+                       help="write DIR/slurm/compare.sbatch (a job array, one task per cell) and submit it")
+    slurm.add_argument("--slurm-dry-run", action="store_true", help="print that script, submit nothing")
+    slurm.add_argument("--gpus-per-cell", type=int, default=1,
+                       help="GPUs (one rank each) per cell; 0: one CPU process. The global batch is "
+                            "TRAIN.BATCH_SIZE x this x TRAIN.ACCUM_STEPS, as in the recipe")
+    slurm.add_argument("--sbatch", default="", help="more sbatch options, e.g. \"--time 24:00:00 --partition gpu\"")
+    slurm.add_argument("--cell", type=int, default=None, help=argparse.SUPPRESS)   # what one array task runs
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE pairs for every cell")
     args = parser.parse_args(argv)
     from videomae.compare.runner import run

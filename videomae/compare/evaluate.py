@@ -6,7 +6,8 @@ thing for every strategy:
 
 - `recon`: the masked-cube loss on the validation list. The common mask is random masking at the
   run's MASK.RATIO, drawn per validation item from (COMMON_MASK_SEED, item) through the seeding
-  protocol, so every strategy and every seed is scored on the same masks. The own mask is the
+  protocol, so every strategy and every seed is scored on the same masks
+  (videomae/engine/reconstruction.py: pretraining's validation pass logs the same number). The own mask is the
   cell's strategy drawn from the same per-item keys (for `random` the two coincide). With dual
   masking the decoder reconstructs every masked cube here (no decoder mask).
 - `knn`: top-1 of a weighted k-NN on frozen features (Wu et al. 2018, as DINO evaluates): cosine
@@ -29,26 +30,13 @@ import os
 import numpy as np
 import torch
 
+from ..engine.reconstruction import COMMON_MASK_SEED, common_strategy, eval_config, item_masks, loss_sums  # noqa: F401
 from ..masking import build_masking
-from ..seeding import RowGenerator
 
-COMMON_MASK_SEED = 0        # the common mask's key: the same for every cell of every comparison
 KNN_K, KNN_TEMPERATURE = 20, 0.07
 PROBE_WEIGHT_DECAY, PROBE_MAX_ITER = 1e-3, 500
 # what each --eval choice reports, in report order
 METRICS = {"recon": ("recon_common", "recon_own"), "knn": ("knn_top1",), "probe": ("probe_top1",)}
-
-
-def eval_config(cfg, list_name: str):
-    """`cfg` for one view per video of `list_name`: the centre clip sampled as pretraining samples
-    (dense), centre crop, every video required (a bad one is an error naming its list line)."""
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.DATA.VAL_LIST = list_name
-    cfg.DATA.FINETUNE_SAMPLING = "dense"
-    cfg.DATA.EVAL_SKIP_BAD = False
-    cfg.freeze()
-    return cfg
 
 
 def eval_loader(cfg, list_name: str):
@@ -59,33 +47,11 @@ def eval_loader(cfg, list_name: str):
     return dataset, build_eval_loader(cfg, dataset, 1, 0)
 
 
-def item_masks(strategy, indices: torch.Tensor, grid, device) -> torch.Tensor:
-    """Masks for validation items `indices`, each a function of (COMMON_MASK_SEED, item) only."""
-    gen = RowGenerator(COMMON_MASK_SEED, 0, indices.to(torch.int64), "mask", device)
-    return strategy.draw_rows(gen, grid)
-
-
-@torch.no_grad()
 def reconstruction(model, loader, mask_type: str, ratio: float, device) -> dict:
-    """Mean per-clip masked-cube loss under the common mask and under the own mask."""
-    from ..engine.tasks import normalize_on_device
-
-    common, own = build_masking("random", ratio), build_masking(mask_type, ratio)
-    grid = tuple(model.grid_size)
-    was_training = model.training
-    model.eval()
-    sums = {"recon_common": 0.0, "recon_own": 0.0}
-    clips = 0
-    try:
-        for batch in loader:
-            video = normalize_on_device(batch["video"], device)
-            for key, strategy in (("recon_common", common), ("recon_own", own)):
-                mask = item_masks(strategy, batch["index"], grid, device)
-                # every row masks as many cubes: the batch mean is the mean of the clips' losses
-                sums[key] += float(model(video, mask).loss) * video.shape[0]
-            clips += video.shape[0]
-    finally:
-        model.train(was_training)
+    """Mean per-clip masked-cube loss under the common mask and under the own mask (the common one
+    is what pretraining's validation pass logs, videomae/engine/reconstruction.py)."""
+    sums, clips = loss_sums(model, loader, {"recon_common": common_strategy(ratio),
+                                            "recon_own": build_masking(mask_type, ratio)}, device)
     return {key: value / clips for key, value in sums.items()}
 
 

@@ -169,12 +169,17 @@ def plot(out: str, cells, evals, done, path: str) -> None:
         rows = read_metrics(path_jsonl, "train")
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color=colours[c.strategy], alpha=0.6,
                 lw=1, label=c.strategy)
+        val = [r for r in read_metrics(path_jsonl, "val") if "recon_common" in r]
+        if val:   # the validation pass: the common mask, comparable across strategies
+            ax.plot([r["step"] for r in val], [r["recon_common"] for r in val], "o--", color=colours[c.strategy],
+                    alpha=0.8, lw=1, ms=2.5, label=f"{c.strategy} val (common mask)")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     if unique:
         ax.legend(unique.values(), unique.keys(), fontsize=7)
         ax.set_yscale("log")
-    ax.set_title("pretraining loss (own masks; not comparable across strategies)", fontsize=8)
+    ax.set_title("pretraining loss: train (own masks; not comparable across strategies),\n"
+                 "val dashed (common mask; comparable)", fontsize=8)
     ax.set_xlabel("step")
     fig.tight_layout()
     fig.savefig(path)

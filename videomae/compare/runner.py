@@ -131,10 +131,11 @@ class CellFailed(RuntimeError):
         self.code = code
 
 
-def train_cell(cell: Cell, cell_dir: str, command: list[str], log) -> dict:
+def train_cell(cell: Cell, cell_dir: str, command: list[str], log, launcher: tuple = ()) -> dict:
     """Run tools/train.py for the cell (it resumes by itself from the run folder); its output goes
     to `cell_dir/train.log`. Returns the cell's record; CellFailed carries train.py's exit code
-    and its one-line reason."""
+    and its one-line reason. `launcher`: what starts the ranks (srun in a SLURM array task); the
+    record keeps the train command alone, so a cell finished under SLURM counts as finished here."""
     os.makedirs(cell_dir, exist_ok=True)
     times = read_json(os.path.join(cell_dir, TIME_FILE)) or {"seconds": 0.0}
     start = time.monotonic()
@@ -142,7 +143,7 @@ def train_cell(cell: Cell, cell_dir: str, command: list[str], log) -> dict:
     with open(os.path.join(cell_dir, "train.log"), "a") as logfile:
         logfile.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         logfile.flush()
-        proc = subprocess.Popen([sys.executable, *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([*launcher, sys.executable, *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         for line in proc.stdout:
             logfile.write(line)
@@ -157,9 +158,10 @@ def train_cell(cell: Cell, cell_dir: str, command: list[str], log) -> dict:
     # time of the attempts that returned (a killed attempt's time is lost with it)
     times["seconds"] += time.monotonic() - start
     write_json(os.path.join(cell_dir, TIME_FILE), times)
-    if code == EXIT_PREEMPTED:
-        raise CellFailed(code, f"cell {cell.name} was preempted (checkpoint saved); run the same command again "
-                               "to resume it")
+    if code == EXIT_PREEMPTED or (summary or {}).get("status") == "preempted":
+        requeued = (summary or {}).get("requeued")
+        raise CellFailed(EXIT_PREEMPTED, f"cell {cell.name} was preempted (checkpoint saved); " +
+                         ("SLURM requeued it" if requeued else "run the same command again to resume it"))
     if code != 0 or not summary or summary.get("status") != "finished":
         where = os.path.join(cell_dir, "train.log")
         reason = reason or f"tools/train.py exited with {code}"
@@ -182,10 +184,23 @@ def run(args, log=print) -> int:
         raise UsageError(f"{args.config} has TASK {base.TASK}; a masking comparison pretrains (TASK pretrain)")
     cells, evals = plan(args)
     out = os.path.abspath(args.out)
+    if getattr(args, "slurm", False) or getattr(args, "slurm_dry_run", False):
+        from .slurm import submit
+
+        if args.collect:
+            raise UsageError("--collect writes the report here; submit with --slurm first, then --collect")
+        return submit(args, cells, config, out, log)
+    only = getattr(args, "cell", None)
+    if only is not None and not 0 <= only < len(cells):
+        raise UsageError(f"--cell {only}: this comparison has cells 0..{len(cells) - 1}")
     os.makedirs(os.path.join(out, "cells"), exist_ok=True)
     device = torch.device("cuda" if use_cuda() else "cpu")
+    # an array task starts its ranks with srun: a job step, so SLURM's warning signal reaches train.py
+    launcher = ("srun", "--kill-on-bad-exit=1") if only is not None and "SLURM_JOB_ID" in os.environ else ()
     done = []
     for i, cell in enumerate(cells, 1):
+        if only is not None and i - 1 != only:
+            continue
         cell_dir = cell.folder(out)
         command = [TRAIN_TOOL, "--config", config, *args.overrides, *cell.overrides(out)]
         record = finished(cell_dir, command)
@@ -196,7 +211,7 @@ def run(args, log=print) -> int:
         elif record is None:
             log(f"[{i}/{len(cells)}] {cell.name}: pretraining ({cell_dir})")
             try:
-                record = train_cell(cell, cell_dir, command, log)
+                record = train_cell(cell, cell_dir, command, log, launcher)
             except CellFailed as err:
                 log(str(err), file=sys.stderr)
                 return err.code
@@ -222,6 +237,9 @@ def run(args, log=print) -> int:
                 log(f"[{i}/{len(cells)}] {cell.name}: evaluating {', '.join(evals)}")
             result = evaluate_cell(cfg, cell_dir, evals, device)
         done.append((cell, record, result))
+    if only is not None:   # one array task: the report comes from --collect once all have run
+        log(f"cell {cells[only].name}: finished and evaluated")
+        return 0
     from .report import write_report
 
     paths = write_report(out, base, config, args.overrides, cells, evals, done)

@@ -138,8 +138,42 @@ class ClassificationTask:
         return {f"test_{k}": v for k, v in metrics.items()}
 
 
+# what a linear probe trains; everything else is the frozen encoder
+PROBE_MODULES = ("fc_norm", "head_dropout", "head")
+
+
 class LinearProbeTask(ClassificationTask):
-    """Frozen encoder, mean-pooled features, a trained fc_norm + linear head."""
+    """Frozen encoder, mean-pooled features, a trained fc_norm + linear head.
+
+    The encoder stays in eval mode (no drop path, no dropout) and gets no gradient; training sees
+    plain random-resized crops (DATA.TRAIN_CROP_SCALE) and flips (DATA.FLIP) only: RandAugment,
+    random erasing, mixup and cutmix are fine-tuning augmentation and are off whatever the config
+    says (so `TASK linprobe` on a fine-tuning config probes, it does not fine-tune the head with
+    the fine-tuning recipe's noise). configs/linprobe/ holds the probe recipes."""
     name = "linprobe"
     linear_probe = True
+
+    def build_model(self):
+        c = self.cfg
+        ignored = [f"{k} {v}" for k, v, off in (("DATA.RAND_AUGMENT", c.DATA.RAND_AUGMENT, ""),
+                                                 ("DATA.RANDOM_ERASING", c.DATA.RANDOM_ERASING, 0.0),
+                                                 ("TRAIN.MIXUP", c.TRAIN.MIXUP, 0.0),
+                                                 ("TRAIN.CUTMIX", c.TRAIN.CUTMIX, 0.0),
+                                                 ("MODEL.DROP_PATH", c.MODEL.DROP_PATH, 0.0)) if v != off]
+        if ignored:
+            self.log("linprobe: frozen encoder in eval mode; fine-tuning settings not used: " + ", ".join(ignored))
+        return super().build_model()
+
+    @staticmethod
+    def freeze_mode(model) -> None:
+        """Everything but the probe in eval mode (the trainer puts the whole model in train mode)."""
+        for name, child in model.named_children():
+            if name not in PROBE_MODULES and child.training:
+                child.eval()
+
+    def train_step(self, engine, batch: dict, ctx: StepContext):
+        self.freeze_mode(engine.module)
+        video = normalize_on_device(batch["video"], engine.device)
+        logits = engine(video)   # no drop-path draws: the encoder is in eval mode
+        return self.criterion(logits.float(), batch["label"].to(engine.device)), {}
 

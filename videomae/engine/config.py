@@ -105,7 +105,10 @@ C.TRAIN.LOG_PERIOD = 10              # steps between JSON-lines records
 C.TRAIN.CKPT_PERIOD = 1              # epochs between checkpoints
 C.TRAIN.CKPT_STEPS = 0               # > 0: also every this many steps
 C.TRAIN.KEEP_CHECKPOINTS = 2
-C.TRAIN.EVAL_PERIOD = 1              # epochs between validations (classification)
+C.TRAIN.EVAL_PERIOD = 1              # epochs between validations (classification; pretraining: the common-
+                                     # mask loss, see TRAIN.VAL_VIDEOS), and after the last step
+C.TRAIN.VAL_VIDEOS = 1000            # pretraining: validate on up to this many videos of DATA.VAL_LIST (evenly
+                                     # spread over it) when that list exists; 0 = no validation
 C.TRAIN.AUTO_RESUME = True
 C.TRAIN.DIVERGENCE_FACTOR = 10.0     # stop when the loss of a log step is above this x the running median of
 C.TRAIN.DIVERGENCE_PATIENCE = 3      # the log steps' losses for this many log steps in a row; 0 = off
@@ -336,7 +339,7 @@ _RANGES = (
     ("TRAIN.MIXUP_SWITCH_PROB", 0.0, 1.0, True, True), ("TRAIN.EMA", 0.0, 1.0, True, False),
     ("TRAIN.LOG_PERIOD", 1, None, True, None), ("TRAIN.CKPT_PERIOD", 1, None, True, None),
     ("TRAIN.CKPT_STEPS", 0, None, True, None), ("TRAIN.KEEP_CHECKPOINTS", 0, None, True, None),
-    ("TRAIN.EVAL_PERIOD", 1, None, True, None),
+    ("TRAIN.EVAL_PERIOD", 1, None, True, None), ("TRAIN.VAL_VIDEOS", 0, None, True, None),
 )
 
 

@@ -286,9 +286,10 @@ def build_dataset(cfg, split: str) -> VideoDataset:
     if split == "pretrain":
         transform = pretrain_transform(cfg.MODEL.IMG_SIZE, flip=cfg.DATA.FLIP)
     elif split == "train":
+        probe = cfg.TASK == "linprobe"   # a linear probe trains on plain crops and flips only
         transform = finetune_train_transform(cfg.MODEL.IMG_SIZE, flip=cfg.DATA.FLIP,
-                                             rand_augment=cfg.DATA.RAND_AUGMENT or None,
-                                             erasing=cfg.DATA.RANDOM_ERASING,
+                                             rand_augment=None if probe else cfg.DATA.RAND_AUGMENT or None,
+                                             erasing=0.0 if probe else cfg.DATA.RANDOM_ERASING,
                                              scale=tuple(cfg.DATA.TRAIN_CROP_SCALE))
     # bad training videos are counted and judged over the whole run by the trainer (engine.bad_videos)
     return VideoDataset(records, split, clip, transform=transform, backend=cfg.DATA.BACKEND,

@@ -22,8 +22,13 @@ def plot_loss_curve(metrics_file: str, out_png: str, title: str = "pretraining l
     plt = _pyplot()
     rows = read_metrics(metrics_file, "train")
     steps, losses = [r["step"] for r in rows], [r["loss"] for r in rows]
+    val = [r for r in read_metrics(metrics_file, "val") if "recon_common" in r]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(steps, losses, lw=1.5)
+    ax.plot(steps, losses, lw=1.5, label="train (own masks)")
+    if val:   # pretraining's validation pass: held-out clips, the common random mask
+        ax.plot([r["step"] for r in val], [r["recon_common"] for r in val], "o-", lw=1.5, ms=3,
+                label="val (common random mask)")
+        ax.legend(fontsize=8)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("masked reconstruction MSE")
     ax.set_title(title)

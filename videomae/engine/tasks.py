@@ -71,7 +71,7 @@ def model_kwargs(cfg) -> dict:
 class PretrainTask:
     name = "pretrain"
     train_split = "pretrain"
-    has_eval = False
+    has_eval = False    # build_model turns it on when there is a validation list (TRAIN.VAL_VIDEOS > 0)
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -80,6 +80,7 @@ class PretrainTask:
         self.decoder_mask = build_masking(cfg.MASK.DECODER_TYPE, cfg.MASK.DECODER_RATIO) \
             if cfg.MASK.DECODER_TYPE else None
         self._validated = False  # masks are checked on the first step, then when ctx.validate says
+        self._validation = None
 
     def build_model(self) -> torch.nn.Module:
         m = self.cfg.MODEL
@@ -92,7 +93,33 @@ class PretrainTask:
             from ..convert import load_checkpoint
             self.log(str(load_checkpoint(model, m.PRETRAINED)))
         self.log(self.describe_masking(tuple(model.grid_size)))
+        self.has_eval = self._validation_wanted()
         return model
+
+    def _validation_wanted(self) -> bool:
+        """On when TRAIN.VAL_VIDEOS > 0 and DATA.VAL_LIST exists; a missing list says so once."""
+        import os
+
+        from .data import list_path
+
+        if self.cfg.TRAIN.VAL_VIDEOS <= 0:
+            return False
+        path = list_path(self.cfg, self.cfg.DATA.VAL_LIST)
+        if not os.path.isfile(path):
+            self.log(f"validation: off, no validation list at {path} (TRAIN.VAL_VIDEOS 0 silences this)")
+            return False
+        self.log(f"validation: masked-cube loss under the common mask (random {self.cfg.MASK.RATIO:g}) on up to "
+                 f"{self.cfg.TRAIN.VAL_VIDEOS} videos of {path}, every {self.cfg.TRAIN.EVAL_PERIOD} epoch(s)")
+        return True
+
+    def evaluate(self, trainer, split: str = "val") -> dict:
+        """The common-mask loss on the validation list (videomae/engine/reconstruction.py): the
+        same number tools/compare_masking.py reports as recon_common for these weights."""
+        from .reconstruction import PretrainValidation
+
+        if self._validation is None:   # built once: the loader's workers persist between passes
+            self._validation = PretrainValidation(self.cfg, trainer.info.world_size, trainer.info.rank)
+        return self._validation(trainer.engine.module, trainer.device)
 
     def describe_masking(self, grid) -> str:
         """Counted on a drawn mask, so a strategy of your own is described by what it does."""
