@@ -119,6 +119,18 @@ class BlockMasking(MaskingStrategy):
         lanes = torch.stack([both & 0xFFFFFFFF, both >> 32]).to(torch.int32)
         return lanes.bitwise_or_(1 << L)
 
+    def _buffer(self, name, shape, dtype, device) -> torch.Tensor:
+        """A work tensor kept from one draw to the next (training draws the same shapes every step):
+        on a CPU, fresh multi-MB tensors cost more in page faults than the passes over them (glibc
+        hands large blocks back to the system on free). Never part of a returned mask."""
+        buffers = self.__dict__.setdefault("_buffers", {})
+        buf = buffers.get(name)
+        device = torch.device(device)
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device.type != device.type \
+                or device.index not in (None, buf.device.index):
+            buf = buffers[name] = torch.empty(shape, dtype=dtype, device=device)
+        return buf
+
     def _first_boxes(self, space, ts, first, hist):
         """For rows of `first` (r, T, H'W') uint8: 127 + the first box covering each cube (the
         float32 exponent, kept biased so no op is spent removing the bias), 127 + NONE where no box
@@ -130,8 +142,8 @@ class BlockMasking(MaskingStrategy):
         offsets = torch.arange(-127, R * 64 - 127, 64, dtype=torch.int32, device=dev)[:, None]
         # one temporal slice at a time, in place in preallocated buffers: the work stays in cache,
         # and a fresh (R, H'W') tensor per op would cost more in page faults than the op itself
-        cover, neg = (torch.empty(R, hw, dtype=torch.int32, device=dev) for _ in range(2))
-        lowest = [torch.empty(R, hw, dtype=torch.float32, device=dev) for _ in range(2)]
+        cover, neg = (self._buffer(name, (R, hw), torch.int32, dev) for name in ("cover", "neg"))
+        lowest = [self._buffer(f"lowest{lane}", (R, hw), torch.float32, dev) for lane in (0, 1)]
         for ti in range(first.shape[1]):
             for lane in (0, 1):
                 torch.bitwise_and(space[lane], ts[lane, ti, :, None], out=cover)
@@ -150,10 +162,12 @@ class BlockMasking(MaskingStrategy):
         L, dev, hw = self.LANE_BOXES, gen.device, h * w
         t0, bt, y0, bh, x0, bw = self.boxes(gen, grid)
         ys, xs, ts = self._lane_bits(y0, bh, h), self._lane_bits(x0, bw, w), self._lane_bits(t0, bt, t)
-        space = (ys[:, :, :, None] & xs[:, :, None, :]).view(2, R, hw)
+        space = self._buffer("space", (2, R, h, w), torch.int32, dev)
+        torch.bitwise_and(ys[:, :, :, None], xs[:, :, None, :], out=space)
+        space = space.view(2, R, hw)
         ts = ts.transpose(1, 2).contiguous()                                # (2, T, R)
-        first = torch.empty(R, t, hw, dtype=torch.uint8, device=dev)
-        hist = torch.zeros(t, R, 64, dtype=torch.int32, device=dev)
+        first = self._buffer("first", (R, t, hw), torch.uint8, dev)
+        hist = self._buffer("hist", (t, R, 64), torch.int32, dev).zero_()
         self._first_boxes(space, ts, first, hist)
         union = hist.sum(0, dtype=torch.int32)[:, :A].cumsum(1)             # union after boxes 0..k
         taken = (union <= target).sum(1)                                    # whole boxes accepted
