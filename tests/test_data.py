@@ -315,3 +315,15 @@ def test_synthetic_dataset_is_reused_only_when_it_matches(tmp_path):
     summary = make_synthetic_dataset(tmp_path, videos_per_class=2, val_per_class=0, **small)
     assert summary["train"] == 16 and len(records(tmp_path)) == 16
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 16
+
+
+def test_the_log_names_the_decoder(monkeypatch):
+    """The run says which library decodes: decord (and which one), or PyAV standing in for it."""
+    import decord
+    from videomae.data import decoding
+    line = decoding.describe_backend("decord")
+    assert line == f"video decoding: decord {decord.__version__}" + \
+        (" (decord2)" if not decord.__version__.startswith("0.") else "")
+    monkeypatch.setattr(decoding, "decord_available", lambda: False)
+    assert decoding.describe_backend("decord").startswith("video decoding: decord is not installed, PyAV ")
+    assert decoding.describe_backend("pyav").startswith("video decoding: PyAV ")

@@ -283,6 +283,24 @@ def torchcodec_available() -> bool:
     return True
 
 
+def describe_backend(backend: str) -> str:
+    """One line naming the library that will decode the videos, for the run's log."""
+    if backend == "decord":
+        if not decord_available():
+            import av
+            return (f"video decoding: decord is not installed, PyAV {av.__version__} decodes instead "
+                    "(pip install decord2 for the faster decoder)")
+        import decord
+        version = getattr(decord, "__version__", "?")
+        fork = " (decord2)" if not version.startswith("0.") else ""
+        return f"video decoding: decord {version}{fork}"
+    if backend == "pyav":
+        import av
+        return f"video decoding: PyAV {av.__version__}"
+    import torchcodec
+    return f"video decoding: torchcodec {getattr(torchcodec, '__version__', '?')}"
+
+
 def open_video(source: Source, backend: str = "decord", short_side: int | None = None,
                fallback: bool = True, num_threads: int = 1) -> VideoReader:
     """Open a video file or in-memory bytes. With `fallback`, a decord failure (or decord not

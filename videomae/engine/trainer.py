@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .. import seeding
+from ..data.decoding import describe_backend
 from . import checkpoint as ckpt
 from .config import ConfigError, save_config
 from .bad_videos import BadVideoLedger
@@ -107,6 +108,8 @@ class Trainer:
         seed_everything(cfg.SEED + self.info.rank)
 
         self.train_set = build_dataset(cfg, task.train_split)
+        if self.info.is_main:
+            self.log.info(describe_backend(cfg.DATA.BACKEND))
         # bad training videos, counted over the whole run (every worker and rank), listed once
         self.bad_videos = BadVideoLedger(self.train_set.records, cfg.DATA.MAX_BAD_RATIO,
                                          os.path.join(self.out_dir, "bad_videos.txt"), self.info.is_main,
