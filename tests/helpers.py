@@ -1,6 +1,7 @@
 """Running tools/train.py as a user would, on the small synthetic set."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,12 @@ def final_json(stdout: str) -> dict:
 def losses(out_dir):
     rows = [json.loads(line) for line in open(Path(out_dir) / "metrics.jsonl")]
     return [r["loss"] for r in rows if r["type"] == "train"]
+
+
+# Not part of an error report: what DeepSpeed and torch print while starting on a machine without
+# CUDA, FFmpeg's and decord's own log lines about a file they cannot read (the report's one line
+# says the same with the list file:line; two loader workers' lines may interleave, so decord's
+# "[hh:mm:ss] file.cc:N:" prefix is matched anywhere in a line), and progress bars. A tool's
+# normal progress (load report, training log) goes to stdout.
+NOISE = re.compile(r"^DeepSpeed \S+ built successfully$|cpp_extension\.py:\d+\] No CUDA runtime is found"
+                   r"|^\[[\w,]+ @ 0x[0-9a-f]+\] |\d\d:\d\d:\d\d\] \S+\.cc:\d+: |^\w+: +\d+%\|")

@@ -7,16 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import run_train
+from helpers import NOISE, run_train
 from videomae.data import ClipConfig, TooManyBadVideos, VideoDataset, collate_clips, read_video_list
 from videomae.data.annotations import VideoRecord
 from videomae.data.decoding import VideoTooShort, open_video, require_frames
 from videomae.engine.bad_videos import BadVideoLedger, should_stop, wilson_lower
 from videomae.engine.logs import read_metrics
-
-# stderr lines that are not ours (DeepSpeed's build notes, FFmpeg's and decord's own logging)
-NOISE = re.compile(r"^DeepSpeed \S+ built successfully$|cpp_extension\.py:\d+\] No CUDA runtime is found"
-                   r"|^\[[\w,]+ @ 0x[0-9a-f]+\] |^\[\d\d:\d\d:\d\d\] \S+\.cc:\d+: |^\w+: +\d+%\|")
 
 
 # -- the stop rule ------------------------------------------------------------------------------------

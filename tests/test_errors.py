@@ -2,13 +2,12 @@
 traceback: config files and keys, annotation lists, checkpoints given to the wrong tool, corrupt
 evaluation videos. Each case runs a tool as a user would; config cases fail before any data loads."""
 import json
-import re
 import shutil
 import subprocess
 
 import pytest
 
-from helpers import PYTHON, ROOT, TINY, env, final_json, run_tool
+from helpers import NOISE, PYTHON, ROOT, TINY, env, final_json, run_tool
 from videomae.cli import EXIT_ERROR, EXIT_PREEMPTED, EXIT_USAGE
 
 CLASSES = 8
@@ -164,14 +163,6 @@ CASES = [
      lambda d, m: finetune(d / "bad", "TRAIN.MAX_STEPS", "1", "TRAIN.EPOCHS", "1"),
      EXIT_ERROR, "val video {bad}/val.csv:3 failed to load"),
 ]
-
-
-# Not part of an error report: what DeepSpeed and torch print while starting on a machine without
-# CUDA, FFmpeg's and decord's own log lines about a file they cannot read (the report's one line
-# says the same with the list file:line), and progress bars. A tool's normal progress (load
-# report, training log) goes to stdout.
-NOISE = re.compile(r"^DeepSpeed \S+ built successfully$|cpp_extension\.py:\d+\] No CUDA runtime is found"
-                   r"|^\[[\w,]+ @ 0x[0-9a-f]+\] |^\[\d\d:\d\d:\d\d\] \S+\.cc:\d+: |^\w+: +\d+%\|")
 
 
 def lines_that_matter(result) -> list[str]:
