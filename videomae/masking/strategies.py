@@ -159,7 +159,7 @@ class BlockMasking(MaskingStrategy):
     def draw(self, gen, grid):
         t, h, w = grid
         R, A, target = len(gen), self.max_boxes, self.num_masked(grid)
-        L, dev, hw = self.LANE_BOXES, gen.device, h * w
+        dev, hw = gen.device, h * w
         t0, bt, y0, bh, x0, bw = self.boxes(gen, grid)
         ys, xs, ts = self._lane_bits(y0, bh, h), self._lane_bits(x0, bw, w), self._lane_bits(t0, bt, t)
         space = self._buffer("space", (2, R, h, w), torch.int32, dev)
