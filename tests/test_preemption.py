@@ -122,6 +122,18 @@ def preempted_step(out) -> int:
     return [r for r in rows if r["type"] == "preempted"][-1]["step"]
 
 
+def signal_once_training_runs(out, data_root, err, sig) -> str:
+    """Start a 2-worker run, send `sig` to its whole process group once it trains, and return its
+    stderr after checking that it exited 75 (checkpointed, resumable)."""
+    proc = start(out, data_root, err)
+    wait_for(proc, lambda: train_rows(out) >= 2, "training starts")
+    os.killpg(proc.pid, sig)
+    proc.communicate(timeout=300)
+    stderr = err.read_text()
+    assert proc.returncode == 75, stderr[-3000:]
+    return stderr
+
+
 def assert_resumes_like_a_straight_run(out, data_root, tmp_path, stop: int):
     """Resume to `stop` and compare every step's loss with an uninterrupted run of the same schedule."""
     resumed = run_train(out, data_root, *LONG, "TRAIN.MAX_STEPS", stop)
@@ -136,13 +148,8 @@ def assert_resumes_like_a_straight_run(out, data_root, tmp_path, stop: int):
 def test_sigterm_to_the_process_group_checkpoints_exits_75_and_resumes(tmp_path, synthetic_root):
     """Outside SLURM: SIGTERM to every process of a 2-worker run; the workers ignore it, the main
     process finishes the step, writes a complete checkpoint and exits 75 naming the command."""
-    out, err = tmp_path / "run", tmp_path / "stderr"
-    proc = start(out, synthetic_root, err)
-    wait_for(proc, lambda: train_rows(out) >= 2, "training starts")
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.communicate(timeout=300)
-    stderr = err.read_text()
-    assert proc.returncode == 75, stderr[-3000:]
+    out = tmp_path / "run"
+    stderr = signal_once_training_runs(out, synthetic_root, tmp_path / "stderr", signal.SIGTERM)
     assert "resume with the same command" in stderr and "Traceback" not in stderr
     step = preempted_step(out)
     assert ckpt.latest_tag(str(out / "checkpoints")) == ckpt.tag_for(step)
@@ -150,13 +157,8 @@ def test_sigterm_to_the_process_group_checkpoints_exits_75_and_resumes(tmp_path,
 
 
 def test_ctrl_c_checkpoints_and_exits_75(tmp_path, synthetic_root):
-    out, err = tmp_path / "run", tmp_path / "stderr"
-    proc = start(out, synthetic_root, err)
-    wait_for(proc, lambda: train_rows(out) >= 2, "training starts")
-    os.killpg(proc.pid, signal.SIGINT)
-    proc.communicate(timeout=300)
-    stderr = err.read_text()
-    assert proc.returncode == 75, stderr[-3000:]
+    out = tmp_path / "run"
+    stderr = signal_once_training_runs(out, synthetic_root, tmp_path / "stderr", signal.SIGINT)
     assert stderr.count("press Ctrl-C again to abort") == 1 and "Traceback" not in stderr
     assert "resume with the same command" in stderr
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
