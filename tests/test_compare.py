@@ -301,3 +301,41 @@ def test_usage_errors_are_one_line(tmp_path, capsys):
         assert code == 2
         assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err
         assert not (tmp_path / "cells").exists() or not os.listdir(tmp_path / "cells")
+
+
+def test_range_verdict_calls_overlapping_seed_ranges_inconclusive():
+    from videomae.compare.report import range_verdict
+
+    assert range_verdict("a", [70.0, 75.0, 72.0], "b", [60.0, 69.9, 65.0]).startswith("a is ahead for every seed")
+    assert range_verdict("a", [60.0, 62.0], "b", [70.0, 71.0]).startswith("b is ahead for every seed")
+    assert range_verdict("a", [73.4, 60.0, 78.1], "b", [70.3, 53.1, 51.6]).startswith("Inconclusive: the ranges")
+    assert range_verdict("a", [90.0], "b", [10.0]).startswith("Inconclusive: one seed")
+
+
+def test_finetune_eval_runs_once_per_cell_with_its_seed_and_reports_test_top1(tmp_path, synthetic_root):
+    out = tmp_path / "cmp"
+    finetune = ["DATA.ROOT", synthetic_root, "DATA.LIST_DIR", synthetic_root, *TINY, "TRAIN.MAX_STEPS", 2,
+                "DATA.TEST_NUM_CLIPS", 1, "DATA.TEST_NUM_CROPS", 1]
+    args = ["tools/compare_masking.py", "--config", "configs/demo/pretrain.yaml", "--strategies", "tube",
+            "--seeds", "3", "--eval", "finetune", "--finetune-config", "configs/demo/finetune.yaml",
+            "--finetune-overrides", " ".join(map(str, finetune)), "--out", out,
+            "DATA.ROOT", synthetic_root, "DATA.LIST_DIR", synthetic_root, *TINY, "TRAIN.MAX_STEPS", 2]
+    run_compare(*args)
+    cell = out / "cells" / "tube-0.9-s3"
+    config = (cell / "finetune" / "config.yaml").read_text()
+    assert "SEED: 3" in config and str(cell / "model.pt") in config
+    rows = read_csv(out / "results.csv")
+    assert [(r["metric"], r["seed"]) for r in rows] == [("finetune_top1", "3")]
+    record = json.loads((cell / "finetune" / "compare_cell.json").read_text())
+    assert float(rows[0]["value"]) == pytest.approx(record["test_top1"])
+    assert "finetune_top1" in (out / "summary.md").read_text()
+    run_compare(*args)                       # again: the fine-tune is finished, not redone
+    assert attempts(cell / "finetune") == 1
+    collected = run_compare(*args[:1], "--collect", *args[1:])
+    assert "left out" not in collected.stdout and read_csv(out / "results.csv")[0]["value"] == rows[0]["value"]
+
+
+def test_finetune_eval_needs_a_finetune_config(tmp_path):
+    result = run_compare("tools/compare_masking.py", "--config", "configs/demo/pretrain.yaml", "--eval", "knn,finetune",
+                         "--out", tmp_path, check=False)
+    assert result.returncode == 2 and "--eval finetune needs --finetune-config" in result.stderr

@@ -9,6 +9,7 @@ import torch
 
 from helpers import TINY, run_tool, run_train
 from videomae.engine.host import to_numpy
+from videomae.engine.logs import read_metrics
 from videomae.masking import build_masking
 from videomae.models import build_pretrain_model
 
@@ -85,9 +86,14 @@ def test_tiny_demo_end_to_end(tmp_path):
     """`make demo` at tiny size: pretrain, fine-tune and scratch runs, the loss curve, the
     reconstruction picture (host copies of device tensors) and the summary."""
     out = tmp_path / "demo"
-    run_tool("tools/demo.py", "--quick", "--out", out, "--data", tmp_path / "data",
+    run_tool("tools/demo.py", "--quick", "--out", out, "--data", tmp_path / "data", "--seeds", "0,1",
              *TINY, "TRAIN.MAX_STEPS", 2, "DATA.TEST_NUM_CLIPS", 1, "DATA.TEST_NUM_CROPS", 1, timeout=900)
-    for name in ("summary.md", "loss_curve.png", "reconstruction.png", "finetune/model.pt", "scratch/model.pt"):
+    for name in ("summary.md", "loss_curve.png", "reconstruction.png", "finetune_seeds.png", "finetune/seed0/model.pt",
+                 "finetune/seed1/model.pt", "scratch/seed0/model.pt", "scratch/seed1/model.pt"):
         assert (out / name).exists(), name
-    assert "| pretrained (above) |" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "| pretrained | " in summary and "| scratch | " in summary and "Paired difference" in summary
+    # the two seeds' runs differ (the seed reaches the fine-tuning runs)
+    first_losses = [read_metrics(out / f"scratch/seed{seed}/metrics.jsonl", "train")[0]["loss"] for seed in (0, 1)]
+    assert first_losses[0] != first_losses[1]
 

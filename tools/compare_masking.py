@@ -4,6 +4,9 @@ evaluate each on held-out data, and write one report.
     python tools/compare_masking.py --config configs/demo/pretrain.yaml --strategies tube,random,frame \
         --ratios 0.9 --seeds 0,1,2 --eval recon,knn,probe --out compare_runs [KEY VALUE ...]
 
+`--eval finetune --finetune-config configs/demo/finetune.yaml` adds a short fine-tune per cell (the
+expensive one; its budget is that config's).
+
 Each cell pretrains with tools/train.py in DIR/cells/<strategy>-<ratio>-s<seed> (KEY VALUE pairs
 apply to every cell; MASK.TYPE, MASK.RATIO, SEED and OUTPUT_DIR are set per cell). The same command
 again skips finished cells and resumes unfinished ones; a cell whose stored config differs is
@@ -30,7 +33,13 @@ def main(argv=None) -> int:
     parser.add_argument("--strategies", default="tube,random,frame", help="registered masking strategies")
     parser.add_argument("--ratios", default="0.9", help="MASK.RATIO values")
     parser.add_argument("--seeds", default="0,1,2", help="SEED values; cells of one seed are paired")
-    parser.add_argument("--eval", default="recon,knn,probe", help="any of recon, knn, probe")
+    parser.add_argument("--eval", default="recon,knn,probe", help="any of recon, knn, probe, finetune")
+    parser.add_argument("--finetune-config", default="",
+                        help="--eval finetune: the fine-tuning recipe (TASK finetune) run from each cell's weights "
+                             "with the cell's seed, in DIR/cells/<cell>/finetune; reports its final test top-1")
+    parser.add_argument("--finetune-overrides", default="",
+                        help="KEY VALUE pairs for the fine-tuning runs, one quoted string, e.g. "
+                             "\"DATA.ROOT /data/ssv2 TRAIN.EPOCHS 10\"")
     parser.add_argument("--out", required=True, help="folder for the cells and the report")
     parser.add_argument("--collect", action="store_true",
                         help="train and evaluate nothing: report the cells finished and evaluated so far")

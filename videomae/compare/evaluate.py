@@ -36,7 +36,10 @@ from ..masking import build_masking
 KNN_K, KNN_TEMPERATURE = 20, 0.07
 PROBE_WEIGHT_DECAY, PROBE_MAX_ITER = 1e-3, 500
 # what each --eval choice reports, in report order
-METRICS = {"recon": ("recon_common", "recon_own"), "knn": ("knn_top1",), "probe": ("probe_top1",)}
+METRICS = {"recon": ("recon_common", "recon_own"), "knn": ("knn_top1",), "probe": ("probe_top1",),
+           "finetune": ("finetune_top1",)}
+# computed here from the weights alone; `finetune` is a training run of its own (runner.finetune_cell)
+FEATURE_EVALS = ("recon", "knn", "probe")
 
 
 def eval_loader(cfg, list_name: str):
@@ -188,6 +191,7 @@ def evaluate_cell(cfg, cell_dir: str, evals: list[str], device, cache_name: str 
             cached = {}
     metrics = cached.get("metrics", {})
     wanted = METRICS
+    evals = [e for e in evals if e in FEATURE_EVALS]
     todo = [e for e in evals if any(m not in metrics for m in wanted[e])]
     if todo or "effective_masked_share" not in cached:
         model = load_pretrained(cfg, weights, device)

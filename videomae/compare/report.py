@@ -20,6 +20,8 @@ DESCRIPTIONS = {
                 f"size), votes exp(sim/{KNN_TEMPERATURE}); train list = memory, val list = queries",
     "probe_top1": "linear-probe top-1 (%) on the same frozen features (standardized; logistic regression, "
                   f"L2 {PROBE_WEIGHT_DECAY:g}, full-batch L-BFGS to convergence)",
+    "finetune_top1": "fine-tuning top-1 (%): --finetune-config's recipe from the cell's weights with the cell's "
+                     "seed, its final test (DATA.TEST_NUM_CLIPS x DATA.TEST_NUM_CROPS views on its test list)",
 }
 
 
@@ -197,3 +199,17 @@ def write_report(out: str, base, config: str, overrides, cells, evals, done) -> 
         handle.write(summary_text(base, config, overrides, cells, evals, done))
     plot(out, cells, evals, done, png_path)
     return [csv_path, md_path, png_path]
+
+
+def range_verdict(first: str, first_values: list[float], second: str, second_values: list[float]) -> str:
+    """One sentence on two sets of seeds' results: a difference counts only when the ranges (min to
+    max over seeds) do not overlap; otherwise the runs are inconclusive, whatever the means say."""
+    lo1, hi1, lo2, hi2 = min(first_values), max(first_values), min(second_values), max(second_values)
+    ranges = f"{first} {lo1:.1f}-{hi1:.1f}, {second} {lo2:.1f}-{hi2:.1f}"
+    if len(first_values) < 2 or len(second_values) < 2:
+        return f"Inconclusive: one seed has no range to judge a difference by ({ranges})."
+    if lo1 > hi2:
+        return f"{first} is ahead for every seed: the ranges do not overlap ({ranges})."
+    if lo2 > hi1:
+        return f"{second} is ahead for every seed: the ranges do not overlap ({ranges})."
+    return f"Inconclusive: the ranges overlap ({ranges})."

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -131,7 +132,7 @@ class CellFailed(RuntimeError):
         self.code = code
 
 
-def train_cell(cell: Cell, cell_dir: str, command: list[str], log, launcher: tuple = ()) -> dict:
+def train_cell(cell: Cell, cell_dir: str, command: list[str], log, launcher: tuple = (), extra=None) -> dict:
     """Run tools/train.py for the cell (it resumes by itself from the run folder); its output goes
     to `cell_dir/train.log`. Returns the cell's record; CellFailed carries train.py's exit code
     and its one-line reason. `launcher`: what starts the ranks (srun in a SLURM array task); the
@@ -166,9 +167,58 @@ def train_cell(cell: Cell, cell_dir: str, command: list[str], log, launcher: tup
         where = os.path.join(cell_dir, "train.log")
         reason = reason or f"tools/train.py exited with {code}"
         raise CellFailed(code or 1, f"cell {cell.name}: {reason} (log: {where})")
-    record = {"train_args": command, "steps": summary["step"], "wall_seconds": round(times["seconds"], 1)}
+    record = {"train_args": command, "steps": summary["step"], "wall_seconds": round(times["seconds"], 1),
+              **(extra or {})}
+    if "test_top1" in summary:
+        record["test_top1"] = summary["test_top1"]
     write_json(os.path.join(cell_dir, CELL_FILE), record)
     return record
+
+
+def finetune_command(args, cell_dir: str, seed: int) -> list[str]:
+    return [TRAIN_TOOL, "--config", os.path.abspath(args.finetune_config), *shlex.split(args.finetune_overrides or ""),
+            "MODEL.PRETRAINED", os.path.join(cell_dir, "model.pt"), "SEED", str(seed),
+            "OUTPUT_DIR", os.path.join(cell_dir, "finetune")]
+
+
+def finetuned(cell_dir: str, command: list[str]) -> dict | None:
+    """The fine-tuning record if it finished with this command from the cell's current weights."""
+    from .evaluate import model_stamp
+
+    record = finished(os.path.join(cell_dir, "finetune"), command)
+    if record and record.get("pretrained_stamp") == model_stamp(os.path.join(cell_dir, "model.pt")) \
+            and "test_top1" in record:
+        return record
+    return None
+
+
+def finetune_cell(cell: Cell, cell_dir: str, command: list[str], log, launcher: tuple = ()) -> float:
+    """`finetune`: a fine-tuning run from the cell's weights with the cell's seed (in
+    cell_dir/finetune, resumed and skipped like the pretraining); returns its final test top-1."""
+    from .evaluate import model_stamp
+
+    record = finetuned(cell_dir, command)
+    if record is None:
+        stamp = model_stamp(os.path.join(cell_dir, "model.pt"))
+        record = train_cell(cell, os.path.join(cell_dir, "finetune"), command, log, launcher,
+                            extra={"pretrained_stamp": stamp})
+        if "test_top1" not in record:
+            raise CellFailed(1, f"cell {cell.name}: the fine-tuning run reported no test top-1 "
+                                "(--finetune-config must be a TASK finetune config)")
+    return record["test_top1"]
+
+
+def check_finetune(args, evals: list[str]) -> None:
+    from ..engine.config import load_config
+
+    if "finetune" not in evals:
+        return
+    if not getattr(args, "finetune_config", None):
+        raise UsageError("--eval finetune needs --finetune-config CONFIG (a TASK finetune config whose model "
+                         "matches the pretraining's geometry)")
+    cfg = load_config(args.finetune_config, shlex.split(args.finetune_overrides or ""))
+    if cfg.TASK != "finetune":
+        raise UsageError(f"--finetune-config {args.finetune_config} has TASK {cfg.TASK}; give a TASK finetune config")
 
 
 def run(args, log=print) -> int:
@@ -183,6 +233,7 @@ def run(args, log=print) -> int:
     if base.TASK != "pretrain":
         raise UsageError(f"{args.config} has TASK {base.TASK}; a masking comparison pretrains (TASK pretrain)")
     cells, evals = plan(args)
+    check_finetune(args, evals)
     out = os.path.abspath(args.out)
     if getattr(args, "slurm", False) or getattr(args, "slurm_dry_run", False):
         from .slurm import submit
@@ -223,6 +274,10 @@ def run(args, log=print) -> int:
 
             cached = read_json(os.path.join(cell_dir, "compare_eval.json")) or {}
             metrics = cached.get("metrics", {})
+            if "finetune" in evals:
+                ft = finetuned(cell_dir, finetune_command(args, cell_dir, cell.seed))
+                if ft is not None:
+                    metrics["finetune_top1"] = ft["test_top1"]
             wanted = [m for e in evals for m in METRICS[e]]
             if cached.get("stamp") != model_stamp(os.path.join(cell_dir, "model.pt")) or \
                     cached.get("version") != EVAL_VERSION or any(m not in metrics for m in wanted):
@@ -236,6 +291,14 @@ def run(args, log=print) -> int:
             if evals:
                 log(f"[{i}/{len(cells)}] {cell.name}: evaluating {', '.join(evals)}")
             result = evaluate_cell(cfg, cell_dir, evals, device)
+            if "finetune" in evals:
+                log(f"[{i}/{len(cells)}] {cell.name}: fine-tuning ({os.path.join(cell_dir, 'finetune')})")
+                try:
+                    result["metrics"]["finetune_top1"] = finetune_cell(
+                        cell, cell_dir, finetune_command(args, cell_dir, cell.seed), log, launcher)
+                except CellFailed as err:
+                    log(str(err), file=sys.stderr)
+                    return err.code
         done.append((cell, record, result))
     if only is not None:   # one array task: the report comes from --collect once all have run
         log(f"cell {cells[only].name}: finished and evaluated")

@@ -21,7 +21,9 @@ TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.absp
 def cell_arguments(args, config: str, out: str) -> list[str]:
     """The tool's arguments every array task repeats (absolute paths: the job may start elsewhere)."""
     return ["--config", config, "--strategies", args.strategies, "--ratios", args.ratios, "--seeds", args.seeds,
-            "--eval", args.eval, "--out", out, *args.overrides]
+            "--eval", args.eval, "--out", out,
+            *(["--finetune-config", os.path.abspath(args.finetune_config),
+               "--finetune-overrides", args.finetune_overrides] if args.finetune_config else []), *args.overrides]
 
 
 def sbatch_script(args, cells, config: str, out: str) -> str:
