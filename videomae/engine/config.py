@@ -31,7 +31,10 @@ C.MODEL.PATCH_SIZE = 0               # 0 = the size in MODEL.NAME
 C.MODEL.DEPTH = 0                    # 0 = the encoder depth of MODEL.NAME's size
 C.MODEL.DECODER_DEPTH = 4
 C.MODEL.NORM_TARGET = True           # per-cube normalized pixel targets
-C.MODEL.POS_EMBED = "sinusoid"       # or "separable" (MAE-ST)
+C.MODEL.POS_EMBED = "sinusoid"       # or "separable" (MAE-ST); a checkpoint's separable tables switch it on load
+C.MODEL.CLS_TOKEN = False            # MAE-ST's cls token before the cube tokens (its checkpoints have one)
+C.MODEL.POOL = "mean"                # classifier feature: mean (of cube tokens) | token0 (after the final
+                                     # norm) | skip_first (MAE-ST without cls token: mean of tokens 1:)
 C.MODEL.DROP_PATH = 0.0
 C.MODEL.HEAD_DROP = 0.0
 C.MODEL.NUM_CLASSES = 0              # classification tasks; 0 = from the dataset
@@ -129,6 +132,7 @@ C.LOG.PEAK_TFLOPS = 0.0              # the device's dense peak for MFU; 0 = from
 _CHOICES = {
     "TASK": ("pretrain", "finetune", "linprobe"),
     "MODEL.POS_EMBED": ("sinusoid", "separable"),
+    "MODEL.POOL": ("mean", "token0", "skip_first"),
     "DATA.DATASET": ("ssv2", "kinetics", "synthetic", "custom"),
     "DATA.LIST_FORMAT": ("video", "rawframes", "v2_pretrain"),
     "DATA.FINETUNE_SAMPLING": ("segment", "dense"),

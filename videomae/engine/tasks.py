@@ -64,6 +64,8 @@ def model_kwargs(cfg) -> dict:
     m = cfg.MODEL
     kwargs = dict(num_frames=m.NUM_FRAMES, img_size=m.IMG_SIZE, tubelet_size=m.TUBELET_SIZE,
                   drop_path_rate=m.DROP_PATH, pos_embed=m.POS_EMBED)
+    if m.CLS_TOKEN:   # only when asked: a model of your own (IMPORTS) need not know the argument
+        kwargs["cls_token"] = True
     kwargs.update({k: v for k, v in (("patch_size", m.PATCH_SIZE), ("depth", m.DEPTH)) if v})
     return kwargs
 

@@ -71,7 +71,7 @@ def build_pretrain_model(size: str = "base", **kwargs) -> PretrainVideoMAE:
 
 
 def build_classifier(size: str = "base", **kwargs) -> VideoClassifier:
-    extra_keys = ("num_classes", "head_drop_rate", "use_mean_pooling", "init_scale")
+    extra_keys = ("num_classes", "head_drop_rate", "use_mean_pooling", "init_scale", "pool")
     passed_decoder = sorted(k for k in kwargs if k in _DECODER_KEYS)
     if passed_decoder:
         raise TypeError(f"decoder arguments {passed_decoder} do not apply to a classifier")

@@ -126,7 +126,9 @@ class PretrainVideoMAE(nn.Module):
 
     def forward_encoder(self, video: torch.Tensor, split: TokenSplit,
                         drop_noise: torch.Tensor | None = None) -> torch.Tensor:
-        return self.encoder.forward_tokens(video, split.keep, drop_noise)  # [B, N_vis, D]
+        latent = self.encoder.forward_tokens(video, split.keep, drop_noise)
+        # a cls token (MAE-ST) is not decoded: MAE-ST drops it after the encoder's final norm
+        return latent[:, self.encoder.num_prefix_tokens:]                  # [B, N_vis, D]
 
     def forward_decoder(self, latent: torch.Tensor, split: TokenSplit) -> torch.Tensor:
         x_vis = self.encoder_to_decoder(latent)                    # [B, N_vis, Dd]
