@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -197,6 +198,39 @@ def _separable_tables(state: dict, slots: list, name: str, report: LoadReport) -
     return out
 
 
+def _decoder_shape(state: dict) -> tuple[int, int, int] | None:
+    """(width, depth, MLP width) of a pretraining checkpoint's decoder, read from its tensors (our /
+    official VideoMAE v1 and V2 names), or None without one. The head count is not in the shapes."""
+    blocks = [int(m.group(1)) for k in state if (m := re.fullmatch(r"decoder\.blocks\.(\d+)\.mlp\.fc1\.weight", k))]
+    token = state.get("mask_token")
+    if token is None or not blocks:
+        return None
+    return int(token.shape[-1]), max(blocks) + 1, int(state["decoder.blocks.0.mlp.fc1.weight"].shape[0])
+
+
+def _fit_decoder(model, state: dict, report: LoadReport, name: str) -> None:
+    """Build the pretraining model's decoder as the checkpoint's (V2's giant decoder has a 2,234-wide
+    MLP, V2's huge one is 512 wide, v1's 640), freshly, before its weights are loaded: its
+    dimensions come from the tensors, not from the preset or MODEL.DECODER_*, and the report says so."""
+    shape = _decoder_shape(state)
+    cfg = model.cfg
+    have = (cfg.decoder_embed_dim, cfg.decoder_depth, int(cfg.decoder_embed_dim * cfg.decoder_mlp_ratio))
+    if shape is None or shape == have:
+        return
+    dim, depth, hidden = shape
+    ratio = hidden / dim
+    if int(dim * ratio) != hidden:   # a ratio whose product rounds below the width: aim at its middle
+        ratio = (hidden + 0.5) / dim
+    heads = cfg.decoder_num_heads
+    if dim % heads:
+        raise CheckpointError(f"{name}: its decoder is {dim} wide, not a multiple of the model's {heads} decoder "
+                              "heads (the shapes do not tell the head count): set MODEL.DECODER_HEADS")
+    model.rebuild_decoder(dim, depth, ratio)
+    report.adapted.append(("decoder", f"built to fit the checkpoint's shapes: width {have[0]} -> {dim}, depth "
+                                      f"{have[1]} -> {depth}, MLP {have[2]} -> {hidden} wide ({heads} heads, the "
+                                      "model's: the shapes do not tell)"))
+
+
 def load_checkpoint(model, source, require_classifier: bool = False, new_head: bool = False,
                     drop_cls_token: bool = False) -> LoadReport:
     """Load `source` (a path, a state dict or a Checkpoint) into `model` (PretrainVideoMAE or
@@ -228,6 +262,8 @@ def load_checkpoint(model, source, require_classifier: bool = False, new_head: b
                               f"{POOL_WORDS[model.pool]}: build it with MODEL.POOL {ckpt.pool} (pool={ckpt.pool!r})")
 
     _cls_token(state, encoder, prefix, drop_cls_token, report, name)
+    if not is_classifier:
+        _fit_decoder(model, state, report, name)
     slots = _position_slots(model, encoder, prefix, state, report)
     separable = tuple(key_prefix + "pos_embed_" for key_prefix, _, _ in slots)
     target = model.state_dict()

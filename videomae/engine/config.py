@@ -30,6 +30,9 @@ C.MODEL.TUBELET_SIZE = 2
 C.MODEL.PATCH_SIZE = 0               # 0 = the size in MODEL.NAME
 C.MODEL.DEPTH = 0                    # 0 = the encoder depth of MODEL.NAME's size
 C.MODEL.DECODER_DEPTH = 4
+C.MODEL.DECODER_DIM = 0              # decoder width; 0 = MODEL.NAME's (a pretraining checkpoint's shapes win on load)
+C.MODEL.DECODER_HEADS = 0            # decoder attention heads; 0 = MODEL.NAME's
+C.MODEL.DECODER_MLP_RATIO = 0.0      # decoder MLP width / decoder width; 0 = MODEL.NAME's (V2 giant: 48/11)
 C.MODEL.NORM_TARGET = True           # per-cube normalized pixel targets
 C.MODEL.POS_EMBED = "sinusoid"       # or "separable" (MAE-ST); a checkpoint's separable tables switch it on load
 C.MODEL.CLS_TOKEN = False            # MAE-ST's cls token before the cube tokens (its checkpoints have one)
@@ -324,7 +327,9 @@ def _check_geometry(cfg: CfgNode, patch: int, what: str) -> None:
 _RANGES = (
     ("MODEL.IMG_SIZE", 1, None, True, None), ("MODEL.TUBELET_SIZE", 1, None, True, None),
     ("MODEL.PATCH_SIZE", 0, None, True, None), ("MODEL.DEPTH", 0, None, True, None),
-    ("MODEL.DECODER_DEPTH", 1, None, True, None), ("MODEL.NUM_CLASSES", 0, None, True, None),
+    ("MODEL.DECODER_DEPTH", 1, None, True, None), ("MODEL.DECODER_DIM", 0, None, True, None),
+    ("MODEL.DECODER_HEADS", 0, None, True, None), ("MODEL.DECODER_MLP_RATIO", 0.0, None, True, None),
+    ("MODEL.NUM_CLASSES", 0, None, True, None),
     ("MODEL.DROP_PATH", 0.0, 1.0, True, False), ("MODEL.HEAD_DROP", 0.0, 1.0, True, False),
     ("MASK.DECODER_RATIO", 0.0, 1.0, True, False),
     ("DATA.NUM_CLASSES", 0, None, True, None), ("DATA.SAMPLING_RATE", 1, None, True, None),

@@ -86,8 +86,10 @@ class PretrainTask:
 
     def build_model(self) -> torch.nn.Module:
         m = self.cfg.MODEL
+        decoder = {k: v for k, v in (("decoder_embed_dim", m.DECODER_DIM), ("decoder_num_heads", m.DECODER_HEADS),
+                                     ("decoder_mlp_ratio", m.DECODER_MLP_RATIO)) if v}   # 0: the size's
         model = create_model(m.NAME, decoder_depth=m.DECODER_DEPTH, norm_target=m.NORM_TARGET,
-                             **model_kwargs(self.cfg))
+                             **decoder, **model_kwargs(self.cfg))
         if not hasattr(model, "decoder"):
             raise ValueError(f"MODEL.NAME={m.NAME} is not a pretraining model; use a "
                              "pretrain_videomae_* name for TASK pretrain")
