@@ -310,8 +310,10 @@ def _check_model(cfg: CfgNode) -> None:
     if kind != wanted:
         # the same size as the other kind: pretrain_videomae_<size>... <-> videomae_vit_<size>...
         ours, theirs = (PRETRAIN_PREFIX, CLASSIFIER_PREFIX) if kind == "pretrain" else (CLASSIFIER_PREFIX, PRETRAIN_PREFIX)
+        same_size = theirs + m.NAME[len(ours):]   # V2's huge decoder has no classifier of its own
+        example = same_size if same_size in table else model_hint(same_size, wanted).split()[-1].rstrip("?")
         raise ConfigError(f"MODEL.NAME = {m.NAME} is a {kind} model but TASK is {cfg.TASK}: use a {theirs}* "
-                          f"name, e.g. {theirs + m.NAME[len(ours):]}")
+                          f"name, e.g. {example}")
     if m.PATCH_SIZE:
         _check_geometry(cfg, m.PATCH_SIZE, f"MODEL.PATCH_SIZE={m.PATCH_SIZE}")
     else:
