@@ -84,7 +84,7 @@ MASK = torch.tensor([[True, False, False, True] * 2, [False, True, True, False] 
 def check(name, state, heads, patch, dec_heads=8, **kwargs):
     video = torch.randn(2, 3, FRAMES, 2 * patch, 2 * patch, generator=torch.Generator().manual_seed(1))
     model = create_model(name, depth=1, num_frames=FRAMES, img_size=2 * patch, **kwargs).eval()
-    report = load_checkpoint(model, {"model": state}["model"])
+    report = load_checkpoint(model, state)
     assert not report.new and not report.dropped, str(report)
     with torch.no_grad():
         pred = model(video, MASK).pred
