@@ -9,7 +9,10 @@
     # a HF folder -> ours
     python tools/convert_checkpoint.py --src hf_ssv2_b --model videomae_vit_base_patch16_224 --out vit_b_ssv2.pt
 
-A classifier keeps the checkpoint's trained head and its class count. `--num-classes` naming
+The model follows the checkpoint: learned separable position tables replace the sinusoid, a cls
+token (MAE-ST) gives the model one (`--drop-cls-token` drops it instead, changing the encoder's
+outputs), a head keeps its pooling (MAE-ST's mean of tokens 1:). A classifier keeps the checkpoint's
+trained head and its class count. `--num-classes` naming
 another count is refused (exit code 2) unless `--new-head` asks for a fresh, untrained head.
 """
 from __future__ import annotations
@@ -52,6 +55,9 @@ def main(argv=None) -> int:
                              "another count than the head's needs --new-head")
     parser.add_argument("--new-head", action="store_true",
                         help="replace the checkpoint's trained head by a fresh, untrained one")
+    parser.add_argument("--drop-cls-token", action="store_true",
+                        help="a checkpoint with a cls token (MAE-ST) into a model without one; this changes the "
+                             "encoder's outputs (by default the model gets a cls token, as the checkpoint's had)")
     parser.add_argument("--num-frames", type=int, default=16)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--tubelet-size", type=int, default=2)
@@ -72,13 +78,16 @@ def main(argv=None) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if checkpoint.has_cls_token and not args.drop_cls_token:   # the model follows the checkpoint
+        kwargs["cls_token"] = True
     if models[args.model][0] == "classifier":
         kwargs["num_classes"] = head_classes(args, checkpoint)
+        kwargs["pool"] = checkpoint.pool or "mean"
     elif args.num_classes is not None or args.new_head:
         raise UsageError(f"--num-classes / --new-head apply to classifier models (videomae_vit_*), not {args.model}")
     model = create_model(args.model, **kwargs)
     try:
-        report = load_checkpoint(model, checkpoint, new_head=args.new_head)
+        report = load_checkpoint(model, checkpoint, new_head=args.new_head, drop_cls_token=args.drop_cls_token)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -86,7 +95,10 @@ def main(argv=None) -> int:
     if args.to == "hf":
         print(f"HF transformers folder: {export_hf(model, args.out)}")
     else:
-        save_model_file(model.state_dict(), args.out, {"source": os.path.abspath(args.src), "model_name": args.model})
+        extra = {"source": os.path.abspath(args.src), "model_name": args.model}
+        if hasattr(model, "pool"):   # how the head pools is not in the weights: stored for tools/test.py
+            extra["pool"] = model.pool
+        save_model_file(model.state_dict(), args.out, extra)
         print(f"weights: {args.out}")
     return 0
 

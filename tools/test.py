@@ -12,7 +12,8 @@ Writes test_predictions.csv, test_per_class.csv, test_confusion.png and test_met
 `--out` (or OUTPUT_DIR given on the command line), else next to the checkpoint. A pretraining
 checkpoint is refused: its head was never trained. The class count is the checkpoint's: a config
 naming another count (MODEL.NUM_CLASSES, or DATA.NUM_CLASSES when that is 0) is refused with exit
-code 2, never met by replacing the trained head. A val/test video that fails to load stops
+code 2, never met by replacing the trained head. A cls token and the head's pooling follow the
+checkpoint where it says (MAE-ST's fine-tuned files do; MODEL.CLS_TOKEN / MODEL.POOL are set and printed). A val/test video that fails to load stops
 the test with its list file:line; `--skip-bad-videos` (DATA.EVAL_SKIP_BAD True) skips such videos
 and lists them in test_metrics.json.
 """
@@ -43,6 +44,22 @@ def take_class_count(cfg, checkpoint, configured: int | None):
     cfg.defrost()
     cfg.MODEL.NUM_CLASSES = trained
     cfg.freeze()
+    return cfg
+
+
+def follow_checkpoint_model(cfg, checkpoint):
+    """The model is built as the checkpoint's was, where the file says: a cls token (MAE-ST) and
+    how its head pools (MAE-ST's tokens 1:, token 0, or what our converter stored). Printed when
+    that changes the config."""
+    wanted = {"CLS_TOKEN": checkpoint.has_cls_token}
+    if checkpoint.pool is not None:
+        wanted["POOL"] = checkpoint.pool
+    changed = {key: value for key, value in wanted.items() if cfg.MODEL[key] != value}
+    if changed:
+        cfg.defrost()
+        cfg.MODEL.update(changed)
+        cfg.freeze()
+        print("model as the checkpoint's: " + ", ".join(f"MODEL.{k} {v}" for k, v in changed.items()))
     return cfg
 
 
@@ -81,6 +98,7 @@ def main(argv=None) -> int:
     checkpoint = open_checkpoint(args.checkpoint)   # read once: its head says how many classes
     configured = model_classes(cfg)
     cfg = take_class_count(cfg, checkpoint, configured)
+    cfg = follow_checkpoint_model(cfg, checkpoint)
     if model_classes(cfg) != configured:   # taken from the checkpoint: classes.json must name them too
         class_names(cfg, model_classes(cfg))
 

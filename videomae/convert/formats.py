@@ -3,7 +3,7 @@
 Sources: our `model.pt` and DeepSpeed checkpoint folders; official VideoMAE v1 / V2 `.pth` files
 (weights under `model` or `module`, optional `encoder.` / `backbone.` / `_orig_mod.` / `module.`
 prefixes, pretraining or fine-tuned layouts, V2 files without a decoder); MAE-ST checkpoints
-(separate q/k/v, separable learned position embeddings); HF transformers VideoMAE folders or
+(separate q/k/v, separable learned position embeddings, cls token, fine-tuned `norm` after pooling); HF transformers VideoMAE folders or
 state dicts. Every file loads with `torch.load(..., weights_only=True)`, DeepSpeed folders included
 (consolidated by `zero.py`, not by DeepSpeed's own unpickling).
 """
@@ -128,14 +128,21 @@ def detect_format(state: dict) -> str:
 
 def from_maest(state: dict) -> dict:
     """MAE-ST names -> ours. Its attention has separate q/k/v with biases; the key bias adds the
-    same q.b_k to every logit of a query row, which softmax ignores, so it is dropped exactly."""
+    same q.b_k to every logit of a query row, which softmax ignores, so it is dropped exactly.
+
+    A fine-tuned MAE-ST model (a head, no fc_norm) pools first and then applies `norm`: that norm
+    is our `fc_norm` (the encoder has no final norm). `cls_token` and `pos_embed_class` keep their
+    names: the loader folds them into one cls token, or refuses a model without one."""
     out, qkv = {}, {}
+    finetuned = "head.weight" in state and "fc_norm.weight" not in state
     for key, value in state.items():
+        if finetuned and key.startswith("norm."):
+            key = "fc_norm." + key[len("norm."):]
         m = re.match(r"(blocks\.\d+)\.attn\.(q|k|v)\.(weight|bias)$", key)
         if m:
             qkv.setdefault(m.group(1), {})[(m.group(2), m.group(3))] = value
             continue
-        # decoder_*, cls_token, ... keep their names; the loader reports them as dropped
+        # decoder_*, cls_token, pos_embed_class keep their names (decoder_* are reported as dropped)
         out[f"pos_embed.{key}" if key in ("pos_embed_spatial", "pos_embed_temporal") else key] = value
     for block, parts in qkv.items():
         out[f"{block}.attn.qkv.weight"] = torch.cat([parts[("q", "weight")], parts[("k", "weight")],

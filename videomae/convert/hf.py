@@ -194,6 +194,10 @@ def hf_config_kwargs(model) -> dict:
         raise ValueError("HF VideoMAE supports only the fixed sinusoid position embedding")
     if enc.init_values > 0:
         raise ValueError("HF VideoMAE has no layer scale (init_values must be 0)")
+    if enc.cls_token:
+        raise ValueError("HF VideoMAE has no cls token (this model has MAE-ST's, cls_token=True)")
+    if not pretrain and model.pool == "skip_first":
+        raise ValueError("HF VideoMAE pools all tokens or token 0, not MAE-ST's tokens 1: (pool='skip_first')")
     # the eps the model runs with (an HF import may have set it from that config), not the cfg's
     eps = {m.eps for m in _eps_governed_norms(model).values()}
     if len(eps) != 1:

@@ -30,7 +30,7 @@ def num_classes_of(cfg) -> int:
 def build_classifier_from_cfg(cfg, log=print):
     m = cfg.MODEL
     model = create_model(m.NAME, num_classes=num_classes_of(cfg), head_drop_rate=m.HEAD_DROP,
-                         **model_kwargs(cfg))
+                         **({"pool": m.POOL} if m.POOL != "mean" else {}), **model_kwargs(cfg))
     if hasattr(model, "decoder"):
         raise ConfigError(f"MODEL.NAME={m.NAME} is a pretraining model; use a videomae_vit_* name to fine-tune")
     if m.PRETRAINED:

@@ -30,8 +30,14 @@ C.MODEL.TUBELET_SIZE = 2
 C.MODEL.PATCH_SIZE = 0               # 0 = the size in MODEL.NAME
 C.MODEL.DEPTH = 0                    # 0 = the encoder depth of MODEL.NAME's size
 C.MODEL.DECODER_DEPTH = 4
+C.MODEL.DECODER_DIM = 0              # decoder width; 0 = MODEL.NAME's (a pretraining checkpoint's shapes win on load)
+C.MODEL.DECODER_HEADS = 0            # decoder attention heads; 0 = MODEL.NAME's
+C.MODEL.DECODER_MLP_RATIO = 0.0      # decoder MLP width / decoder width; 0 = MODEL.NAME's (V2 giant: 48/11)
 C.MODEL.NORM_TARGET = True           # per-cube normalized pixel targets
-C.MODEL.POS_EMBED = "sinusoid"       # or "separable" (MAE-ST)
+C.MODEL.POS_EMBED = "sinusoid"       # or "separable" (MAE-ST); a checkpoint's separable tables switch it on load
+C.MODEL.CLS_TOKEN = False            # MAE-ST's cls token before the cube tokens (its checkpoints have one)
+C.MODEL.POOL = "mean"                # classifier feature: mean (of cube tokens) | token0 (after the final
+                                     # norm) | skip_first (MAE-ST without cls token: mean of tokens 1:)
 C.MODEL.DROP_PATH = 0.0
 C.MODEL.HEAD_DROP = 0.0
 C.MODEL.NUM_CLASSES = 0              # classification tasks; 0 = from the dataset
@@ -129,6 +135,7 @@ C.LOG.PEAK_TFLOPS = 0.0              # the device's dense peak for MFU; 0 = from
 _CHOICES = {
     "TASK": ("pretrain", "finetune", "linprobe"),
     "MODEL.POS_EMBED": ("sinusoid", "separable"),
+    "MODEL.POOL": ("mean", "token0", "skip_first"),
     "DATA.DATASET": ("ssv2", "kinetics", "synthetic", "custom"),
     "DATA.LIST_FORMAT": ("video", "rawframes", "v2_pretrain"),
     "DATA.FINETUNE_SAMPLING": ("segment", "dense"),
@@ -303,8 +310,10 @@ def _check_model(cfg: CfgNode) -> None:
     if kind != wanted:
         # the same size as the other kind: pretrain_videomae_<size>... <-> videomae_vit_<size>...
         ours, theirs = (PRETRAIN_PREFIX, CLASSIFIER_PREFIX) if kind == "pretrain" else (CLASSIFIER_PREFIX, PRETRAIN_PREFIX)
+        same_size = theirs + m.NAME[len(ours):]   # V2's huge decoder has no classifier of its own
+        example = same_size if same_size in table else model_hint(same_size, wanted).split()[-1].rstrip("?")
         raise ConfigError(f"MODEL.NAME = {m.NAME} is a {kind} model but TASK is {cfg.TASK}: use a {theirs}* "
-                          f"name, e.g. {theirs + m.NAME[len(ours):]}")
+                          f"name, e.g. {example}")
     if m.PATCH_SIZE:
         _check_geometry(cfg, m.PATCH_SIZE, f"MODEL.PATCH_SIZE={m.PATCH_SIZE}")
     else:
@@ -320,7 +329,9 @@ def _check_geometry(cfg: CfgNode, patch: int, what: str) -> None:
 _RANGES = (
     ("MODEL.IMG_SIZE", 1, None, True, None), ("MODEL.TUBELET_SIZE", 1, None, True, None),
     ("MODEL.PATCH_SIZE", 0, None, True, None), ("MODEL.DEPTH", 0, None, True, None),
-    ("MODEL.DECODER_DEPTH", 1, None, True, None), ("MODEL.NUM_CLASSES", 0, None, True, None),
+    ("MODEL.DECODER_DEPTH", 1, None, True, None), ("MODEL.DECODER_DIM", 0, None, True, None),
+    ("MODEL.DECODER_HEADS", 0, None, True, None), ("MODEL.DECODER_MLP_RATIO", 0.0, None, True, None),
+    ("MODEL.NUM_CLASSES", 0, None, True, None),
     ("MODEL.DROP_PATH", 0.0, 1.0, True, False), ("MODEL.HEAD_DROP", 0.0, 1.0, True, False),
     ("MASK.DECODER_RATIO", 0.0, 1.0, True, False),
     ("DATA.NUM_CLASSES", 0, None, True, None), ("DATA.SAMPLING_RATE", 1, None, True, None),

@@ -64,6 +64,8 @@ def model_kwargs(cfg) -> dict:
     m = cfg.MODEL
     kwargs = dict(num_frames=m.NUM_FRAMES, img_size=m.IMG_SIZE, tubelet_size=m.TUBELET_SIZE,
                   drop_path_rate=m.DROP_PATH, pos_embed=m.POS_EMBED)
+    if m.CLS_TOKEN:   # only when asked: a model of your own (IMPORTS) need not know the argument
+        kwargs["cls_token"] = True
     kwargs.update({k: v for k, v in (("patch_size", m.PATCH_SIZE), ("depth", m.DEPTH)) if v})
     return kwargs
 
@@ -84,8 +86,10 @@ class PretrainTask:
 
     def build_model(self) -> torch.nn.Module:
         m = self.cfg.MODEL
+        decoder = {k: v for k, v in (("decoder_embed_dim", m.DECODER_DIM), ("decoder_num_heads", m.DECODER_HEADS),
+                                     ("decoder_mlp_ratio", m.DECODER_MLP_RATIO)) if v}   # 0: the size's
         model = create_model(m.NAME, decoder_depth=m.DECODER_DEPTH, norm_target=m.NORM_TARGET,
-                             **model_kwargs(self.cfg))
+                             **decoder, **model_kwargs(self.cfg))
         if not hasattr(model, "decoder"):
             raise ValueError(f"MODEL.NAME={m.NAME} is not a pretraining model; use a "
                              "pretrain_videomae_* name for TASK pretrain")

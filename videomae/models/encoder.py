@@ -30,6 +30,7 @@ class EncoderConfig:
     drop_path_rate: float = 0.0
     norm_eps: float = 1e-6
     pos_embed: str = "sinusoid"     # or "separable" (MAE-ST)
+    cls_token: bool = False         # MAE-ST's cls_embed: a learned token put before the cube tokens
     grad_checkpointing: bool = False
 
 
@@ -37,7 +38,9 @@ class VideoEncoder(nn.Module):
     """Cube tokenizer + position embedding + blocks + final norm.
 
     `forward(video)` encodes every token; `forward(video, mask)` only the visible ones (mask True =
-    masked), embedding only their cubes. `drop_noise` (B, random_draws) carries the per-sample
+    masked), embedding only their cubes. With `cls_token` the output has one more token, first
+    (`num_prefix_tokens`): MAE-ST's cls token, which takes no position embedding of its own (MAE-ST's
+    `pos_embed_class` is a constant added to it, folded into it on load). `drop_noise` (B, random_draws) carries the per-sample
     drop-path draws of the seeding protocol (None: torch's global generator).
     """
 
@@ -48,6 +51,9 @@ class VideoEncoder(nn.Module):
         self.patch_embed = CubeEmbed(cfg.img_size, cfg.patch_size, cfg.num_frames, cfg.tubelet_size,
                                      cfg.in_chans, cfg.embed_dim)
         self.pos_embed = build_pos_embed(cfg.pos_embed, self.patch_embed.grid_size, cfg.embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.cls_token else None
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.pos_drop = nn.Dropout(cfg.drop_rate)
         # stochastic depth grows linearly with depth (python floats: also works on the meta device)
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
@@ -64,6 +70,11 @@ class VideoEncoder(nn.Module):
     @property
     def num_patches(self) -> int:
         return self.patch_embed.num_patches
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the cube tokens in the encoder's output: 1 with a cls token, else 0."""
+        return 0 if self.cls_token is None else 1
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.blocks.grad_checkpointing = enable
@@ -85,7 +96,8 @@ class VideoEncoder(nn.Module):
         return self.blocks.random_draws
 
     def embed(self, video: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Tokens + position embedding: every token, or those at `ids` (B, n) ascending."""
+        """Tokens + position embedding: every token, or those at `ids` (B, n) ascending; the cls
+        token, if any, first."""
         t, p = self.cfg.tubelet_size, self.cfg.patch_size
         (gt, gh, gw) = self.grid_size
         if video.ndim != 5 or tuple(video.shape[2:]) != (gt * t, gh * p, gw * p):
@@ -95,7 +107,10 @@ class VideoEncoder(nn.Module):
         # the loader's float32 clip meets bf16/fp16 weights here; targets keep the float32 original
         x = self.patch_embed(video.to(self.patch_embed.proj.weight.dtype), ids)  # [B, n, D]
         pos = self.pos_embed().to(x.dtype)                                         # [1, N, D]
-        return self.pos_drop(x + (pos if ids is None else pos[0][ids]))
+        x = x + (pos if ids is None else pos[0][ids])
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+        return self.pos_drop(x)
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor | None = None, num_masked: int | None = None,
                 drop_noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -107,6 +122,6 @@ class VideoEncoder(nn.Module):
 
     def forward_tokens(self, video: torch.Tensor, keep: torch.Tensor | None = None,
                        drop_noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Encode the tokens at `keep` (B, N_vis), or all of them: [B, n, D]."""
+        """Encode the tokens at `keep` (B, N_vis), or all of them: [B, num_prefix_tokens + n, D]."""
         x = self.embed(video, keep)
         return self.norm(self.blocks(x, drop_noise))

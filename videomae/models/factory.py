@@ -18,8 +18,10 @@ from .classifier import VideoClassifier
 from .encoder import EncoderConfig
 from .pretrain import PretrainConfig, PretrainVideoMAE
 
-# encoder (dim, depth, heads, patch, mlp_ratio) and decoder (dim, heads) per size, as official
-# VideoMAE (S/B/L/H) and VideoMAE V2 (g); "tiny" is ours, for tests and CPU demos.
+# encoder (dim, depth, heads, patch, mlp_ratio) and decoder (dim, heads, MLP ratio; 4 unless named)
+# per size, as official VideoMAE (S/B/L/H) and VideoMAE V2 (g, and V2's huge, whose decoder is 512
+# wide where v1's is 640); "tiny" is ours, for tests and CPU demos. V2's decoder blocks take the
+# encoder's MLP ratio: 48/11 for the giant, int(512 * 48/11) = 2234 wide.
 SIZES = {
     "tiny": dict(embed_dim=192, depth=12, num_heads=3, patch_size=16, mlp_ratio=4.0,
                  decoder_embed_dim=96, decoder_num_heads=3),
@@ -31,9 +33,13 @@ SIZES = {
                   decoder_embed_dim=512, decoder_num_heads=8),
     "huge": dict(embed_dim=1280, depth=32, num_heads=16, patch_size=16, mlp_ratio=4.0,
                  decoder_embed_dim=640, decoder_num_heads=8),
+    "v2_huge": dict(embed_dim=1280, depth=32, num_heads=16, patch_size=16, mlp_ratio=4.0,
+                    decoder_embed_dim=512, decoder_num_heads=8),
     "giant": dict(embed_dim=1408, depth=40, num_heads=16, patch_size=14, mlp_ratio=48 / 11,
-                  decoder_embed_dim=512, decoder_num_heads=8),
+                  decoder_embed_dim=512, decoder_num_heads=8, decoder_mlp_ratio=48 / 11),
 }
+# sizes that differ from another only in the decoder: a pretraining name, no classifier of their own
+DECODER_ONLY = {"v2_huge": "huge"}
 
 _DECODER_KEYS = ("decoder_embed_dim", "decoder_num_heads", "decoder_depth", "decoder_mlp_ratio",
                  "norm_target")
@@ -71,7 +77,7 @@ def build_pretrain_model(size: str = "base", **kwargs) -> PretrainVideoMAE:
 
 
 def build_classifier(size: str = "base", **kwargs) -> VideoClassifier:
-    extra_keys = ("num_classes", "head_drop_rate", "use_mean_pooling", "init_scale")
+    extra_keys = ("num_classes", "head_drop_rate", "use_mean_pooling", "init_scale", "pool")
     passed_decoder = sorted(k for k in kwargs if k in _DECODER_KEYS)
     if passed_decoder:
         raise TypeError(f"decoder arguments {passed_decoder} do not apply to a classifier")
@@ -99,8 +105,10 @@ def _register(size: str, patch: int) -> None:
     def classifier(pretrained: bool = False, **kwargs):
         return build_classifier(size, pretrained=pretrained, **kwargs)
 
-    for fn, name in ((pretrain, f"pretrain_videomae_{size}_patch{patch}_224"),
-                     (classifier, f"videomae_vit_{size}_patch{patch}_224")):
+    names = [(pretrain, f"pretrain_videomae_{size}_patch{patch}_224")]
+    if size not in DECODER_ONLY:
+        names.append((classifier, f"videomae_vit_{size}_patch{patch}_224"))
+    for fn, name in names:
         fn.__name__ = fn.__qualname__ = name
         fn.__module__ = __name__
         fn.__doc__ = f"VideoMAE {size} ({'pretraining' if fn is pretrain else 'classifier'})."

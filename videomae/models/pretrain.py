@@ -64,8 +64,19 @@ class PretrainVideoMAE(nn.Module):
     def __init__(self, cfg: PretrainConfig):
         super().__init__()
         self.cfg = cfg
-        enc = cfg.encoder
-        self.encoder = VideoEncoder(enc, final_norm=True)
+        self.encoder = VideoEncoder(cfg.encoder, final_norm=True)
+        self._build_decoder()
+        # one pass over every module, then the mask token: the official initialisation order
+        self.apply(init_linear_and_norm)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def _build_decoder(self) -> None:
+        """encoder_to_decoder, mask_token, decoder position table and decoder for `cfg`'s decoder
+        dimensions (initialised by the caller)."""
+        cfg, enc = self.cfg, self.cfg.encoder
+        if cfg.decoder_embed_dim % cfg.decoder_num_heads:
+            raise ValueError(f"decoder width {cfg.decoder_embed_dim} is not a multiple of its "
+                             f"{cfg.decoder_num_heads} heads")
         self.encoder_to_decoder = nn.Linear(enc.embed_dim, cfg.decoder_embed_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_embed_dim))
         self.decoder_pos_embed = build_pos_embed(enc.pos_embed, self.encoder.grid_size,
@@ -74,8 +85,21 @@ class PretrainVideoMAE(nn.Module):
         self.decoder = MAEDecoder(cfg.decoder_embed_dim, cfg.decoder_depth, cfg.decoder_num_heads,
                                   cfg.decoder_mlp_ratio, out_dim, enc.norm_eps, enc.qkv_bias,
                                   enc.init_values, enc.grad_checkpointing)
-        self.apply(init_linear_and_norm)
+
+    def rebuild_decoder(self, dim: int, depth: int, mlp_ratio: float, num_heads: int | None = None) -> None:
+        """Another decoder (freshly initialised, on the encoder's device and dtype): how a foreign
+        pretraining checkpoint's decoder dimensions are met before its weights are loaded."""
+        cfg = self.cfg
+        cfg.decoder_embed_dim, cfg.decoder_depth, cfg.decoder_mlp_ratio = dim, depth, mlp_ratio
+        cfg.decoder_num_heads = num_heads or cfg.decoder_num_heads
+        weight = self.encoder.patch_embed.proj.weight
+        self._build_decoder()
+        for module in (self.encoder_to_decoder, self.decoder):
+            module.apply(init_linear_and_norm)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+        for module in (self.encoder_to_decoder, self.decoder, self.decoder_pos_embed):
+            module.to(weight.device, weight.dtype)
+        self.mask_token.data = self.mask_token.data.to(weight.device, weight.dtype)
 
     @property
     def grid_size(self):
@@ -126,7 +150,9 @@ class PretrainVideoMAE(nn.Module):
 
     def forward_encoder(self, video: torch.Tensor, split: TokenSplit,
                         drop_noise: torch.Tensor | None = None) -> torch.Tensor:
-        return self.encoder.forward_tokens(video, split.keep, drop_noise)  # [B, N_vis, D]
+        latent = self.encoder.forward_tokens(video, split.keep, drop_noise)
+        # a cls token (MAE-ST) is not decoded: MAE-ST drops it after the encoder's final norm
+        return latent[:, self.encoder.num_prefix_tokens:]                  # [B, N_vis, D]
 
     def forward_decoder(self, latent: torch.Tensor, split: TokenSplit) -> torch.Tensor:
         x_vis = self.encoder_to_decoder(latent)                    # [B, N_vis, Dd]
