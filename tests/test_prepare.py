@@ -124,7 +124,73 @@ def test_check_videos_lists_the_bad_ones(tmp_path, synthetic_root):
     assert result.returncode == 1 and "2 bad" in result.stdout
     bad = (tmp_path / "bad.txt").read_text()
     assert "cut.mp4" in bad and "empty.mp4" in bad and f"{listing}:2" in bad
+    assert "(unreadable 2)" in result.stdout
     assert (tmp_path / "clean.csv").read_text() == f"{good} 3\n"
+
+
+def write_video(path, num_frames, keyint=8):
+    import numpy as np
+
+    from videomae.data.synthetic import render_clip, write_mp4
+
+    write_mp4(path, render_clip(1, num_frames, 48, 64, np.random.default_rng(0)), keyint=keyint)
+    return path
+
+
+def corrupt_frames(path, first, last):
+    """Overwrite the packets of frames first..last (presentation order) with random bytes: the
+    container and every other frame stay intact."""
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        packets = sorted((p.pts, p.pos, p.size) for p in container.demux(video=0) if p.size)
+    data = bytearray(Path(path).read_bytes())
+    rng = np.random.default_rng(1)
+    for _, pos, size in packets[first:last + 1]:
+        data[pos:pos + size] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    Path(path).write_bytes(bytes(data))
+
+
+def test_full_check_finds_a_mid_stream_corruption(tmp_path):
+    """48 frames in GOPs of 8; the GOP of frames 32-39 is garbage. The quick check decodes frames 0, 24
+    and 47 (other GOPs) and passes the file; --full decodes every frame and reports it. The quick
+    check runs on PyAV, which decodes only what is asked: decord's read-ahead thread may or may not
+    reach the damaged GOP, so its quick check passes such a file only most of the time."""
+    video = write_video(tmp_path / "damaged.mp4", 48)
+    corrupt_frames(video, 32, 39)
+    listing = tmp_path / "list.csv"
+    listing.write_text("damaged.mp4 0\n")
+    quick = run("tools/check_videos.py", "--list", listing, "--root", tmp_path, "--workers", "1", "--backend",
+                "pyav", check=False)
+    assert quick.returncode == 0 and "1 of 1 videos decode" in quick.stdout, quick.stdout + quick.stderr
+    for backend in ("pyav", "decord"):
+        full = run("tools/check_videos.py", "--list", listing, "--root", tmp_path, "--workers", "1", "--full",
+                   "--backend", backend, "--out", tmp_path / "bad.txt", check=False)
+        assert full.returncode == 1 and "0 of 1 videos decode; 1 bad (decode 1)" in full.stdout, full.stdout
+        where, path, reason, _ = (tmp_path / "bad.txt").read_text().rstrip("\n").split("\t")
+        assert (where, path, reason) == (f"{listing}:1", str(tmp_path / "damaged.mp4"), "decode"), backend
+
+
+def test_check_a_folder(tmp_path, synthetic_root):
+    """Every video under a folder, recursively (other files ignored); counts per reason; the clean
+    list is relative to the folder."""
+    folder = tmp_path / "mine"
+    (folder / "a" / "b").mkdir(parents=True)
+    shutil.copy(synthetic_root / "videos" / "train_00_000.mp4", folder / "good.mp4")
+    shutil.copy(synthetic_root / "videos" / "train_01_000.mp4", folder / "a" / "b" / "GOOD2.MP4")
+    write_video(folder / "a" / "short.mp4", 3)
+    corrupt_frames(write_video(folder / "a" / "b" / "damaged.mp4", 48), 32, 39)
+    (folder / "a" / "broken.webm").write_bytes(b"not a video")
+    (folder / "notes.txt").write_text("not a video, not checked")
+    result = run("tools/check_videos.py", "--folder", folder, "--workers", "2", "--full", "--min-frames", "8",
+                 "--write-clean", tmp_path / "clean.csv", check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "2 of 5 videos decode; 3 bad (unreadable 1, too_short 1, decode 1)" in result.stdout
+    bad = {line.split("\t")[0]: line.split("\t")[2] for line in (folder / "bad_videos.txt").read_text().splitlines()}
+    assert bad == {"a/broken.webm": "unreadable", "a/short.mp4": "too_short", "a/b/damaged.mp4": "decode"}
+    assert (tmp_path / "clean.csv").read_text() == "a/b/GOOD2.MP4 -1\ngood.mp4 -1\n"
+    assert len(read_video_list(tmp_path / "clean.csv", folder, allow_unlabeled=True)) == 2
 
 
 def test_reencode_short_side_and_keyframes(tmp_path, sample_videos):
