@@ -62,3 +62,51 @@ def test_shipped_config_builds(path, synthetic_root, lists):
         video = item["video"]
         m = cfg.MODEL
         assert tuple(video.shape[-4:]) == (3, m.NUM_FRAMES, m.IMG_SIZE, m.IMG_SIZE), (split, video.shape)
+
+
+def test_print_config_is_the_resolved_config(tmp_path):
+    """--print-config: includes and overrides applied, validated, printed as YAML that loads back to
+    the same config; nothing runs (no OUTPUT_DIR is made)."""
+    import yaml
+
+    from helpers import run_tool
+
+    out = tmp_path / "never_made"
+    result = run_tool("tools/train.py", "--config", "configs/pretrain/k400_vit_s.yaml", "--print-config",
+                      "TRAIN.ACCUM_STEPS", "4", "OUTPUT_DIR", out)
+    printed = yaml.safe_load(result.stdout)
+    assert printed["MODEL"]["NAME"] == "pretrain_videomae_small_patch16_224"     # the file itself
+    assert printed["DATA"]["LIST_DIR"] == "/data/k400/lists"                      # its _BASE_
+    assert printed["TRAIN"]["ACCUM_STEPS"] == 4 and printed["OUTPUT_DIR"] == str(out)  # the command line
+    assert printed["TRAIN"]["WEIGHT_DECAY"] == 0.05                               # a default
+    again = load_config(None, text=result.stdout)
+    assert again.dump() == result.stdout
+    assert not out.exists()
+    bad = run_tool("tools/train.py", "--config", "configs/pretrain/k400_vit_s.yaml", "--print-config",
+                   "TRAIN.ACCUM_STEP", "4", check=False)
+    assert bad.returncode != 0 and "did you mean TRAIN.ACCUM_STEPS" in bad.stderr and not bad.stdout
+
+
+def test_batch_warning():
+    from train import batch_warning
+
+    cfg = load_config(ROOT / "configs/pretrain/k400_vit_b.yaml")      # 32 per GPU, recipe 2048
+    assert batch_warning(cfg, 64) is None
+    assert batch_warning(cfg, 8) == ("warning: global batch 256 (TRAIN.BATCH_SIZE 32 x 8 processes x "
+                                     "TRAIN.ACCUM_STEPS 1) differs from the recipe's 2048 "
+                                     "(TRAIN.RECIPE_GLOBAL_BATCH); TRAIN.ACCUM_STEPS 8 restores it")
+    assert batch_warning(load_config(ROOT / "configs/pretrain/k400_vit_b.yaml", ["TRAIN.ACCUM_STEPS", "8"]), 8) is None
+    assert "choose TRAIN.BATCH_SIZE x TRAIN.ACCUM_STEPS" in batch_warning(cfg, 3)
+    assert batch_warning(load_config(ROOT / "configs/demo/pretrain.yaml"), 1) is None   # no recipe: no warning
+
+
+def test_train_says_when_the_batch_is_not_the_recipes(tmp_path):
+    """The line comes before anything loads: here the run then stops at the missing list."""
+    from helpers import run_tool
+
+    result = run_tool("tools/train.py", "--config", "configs/pretrain/k400_vit_s.yaml", "OUTPUT_DIR", tmp_path / "run",
+                      "DATA.LIST_DIR", tmp_path / "nowhere", "TRAIN.BATCH_SIZE", "16", "TRAIN.ACCUM_STEPS", "2",
+                      check=False)
+    assert result.returncode != 0
+    assert ("warning: global batch 32 (TRAIN.BATCH_SIZE 16 x 1 processes x TRAIN.ACCUM_STEPS 2) differs from the "
+            "recipe's 2048 (TRAIN.RECIPE_GLOBAL_BATCH); TRAIN.ACCUM_STEPS 128 restores it") in result.stderr
