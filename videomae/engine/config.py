@@ -113,7 +113,8 @@ C.TRAIN.VAL_VIDEOS = 1000            # pretraining: validate on up to this many 
                                      # spread over it) when that list exists; 0 = no validation
 C.TRAIN.AUTO_RESUME = True
 C.TRAIN.DIVERGENCE_FACTOR = 10.0     # stop when the loss of a log step is above this x the running median of
-C.TRAIN.DIVERGENCE_PATIENCE = 3      # the log steps' losses for this many log steps in a row; 0 = off
+                                     # the log steps' losses for TRAIN.DIVERGENCE_PATIENCE log steps in a row
+C.TRAIN.DIVERGENCE_PATIENCE = 3      # log steps in a row above TRAIN.DIVERGENCE_FACTOR x the median; 0 = off
 C.TRAIN.BREAK_LOCK = False           # take OUTPUT_DIR's run.lock even if another host's run holds it
 C.TRAIN.ALLOW_CHANGES = ""           # keys a resumed run may change beyond the allowlist, comma-separated
 
