@@ -1,12 +1,13 @@
 """tools/extract_features.py: the feature it documents, snippets, layers, and ranks that share the list."""
 import csv
+import subprocess
 
 import numpy as np
 import pytest
 import sys
 import torch
 
-from helpers import ROOT, run_tool
+from helpers import PYTHON, ROOT, env, free_port
 
 sys.path.insert(0, str(ROOT / "tools"))
 
@@ -61,9 +62,16 @@ def setup(tmp_path_factory, synthetic_root):
 
 
 def extract(setup, out, *args, nproc=1):
+    """Both runs on the device 2 ranks get (CPU with gloo unless there are 2 GPUs): a 1-rank run on
+    a GPU would differ from 2 CPU ranks by the GPU's arithmetic, not by the sharding under test."""
     folder, root = setup
-    run_tool("tools/extract_features.py", "--config", "configs/demo/finetune.yaml", "--checkpoint", folder / "tiny.pth",
-             "--list", folder / "list.csv", "--out", out, *args, "DATA.ROOT", root, *GEOMETRY, nproc=nproc)
+    launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                                      "--master_port", free_port()]
+    cmd = [PYTHON, *launcher, "tools/extract_features.py", "--config", "configs/demo/finetune.yaml",
+           "--checkpoint", str(folder / "tiny.pth"), "--list", str(folder / "list.csv"), "--out", str(out), *args,
+           "DATA.ROOT", str(root), *GEOMETRY]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env(2), timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     with open(f"{out}.csv", newline="") as handle:
         return np.load(f"{out}.npy"), list(csv.reader(handle))
 

@@ -182,6 +182,8 @@ def main(argv=None) -> int:
                           f"({cfg.MODEL.NUM_FRAMES})")
     if args.snippet < 0 or args.stride < 0 or (args.stride and not args.snippet):
         raise ConfigError("--stride S goes with --snippet N, both > 0")
+    if args.snippet and args.views == "test":
+        raise ConfigError("--views test does not apply to --snippet: a snippet is one centre-cropped clip")
     args.stride = args.stride or args.snippet
     info, device = init_distributed()
     args.progress = info.rank == 0 and cfg.LOG.PROGRESS
