@@ -112,3 +112,18 @@ def test_train_says_when_the_batch_is_not_the_recipes(tmp_path):
     assert result.returncode != 0
     assert ("warning: global batch 32 (TRAIN.BATCH_SIZE 16 x 1 processes x TRAIN.ACCUM_STEPS 2) differs from the "
             "recipe's 2048 (TRAIN.RECIPE_GLOBAL_BATCH); TRAIN.ACCUM_STEPS 128 restores it") in result.stderr
+
+
+def test_recipe_batch_does_not_block_a_resume():
+    """A run saved before the recipes named their global batch resumes with today's config: the key
+    only feeds the start-up warning, it changes nothing the run learns."""
+    from videomae.engine.config import get_defaults
+    from videomae.engine.run_folder import config_changes
+
+    cfg = load_config(ROOT / "configs/pretrain/k400_vit_b.yaml")
+    saved = cfg.clone()
+    saved.defrost()
+    saved.TRAIN.RECIPE_GLOBAL_BATCH = get_defaults().TRAIN.RECIPE_GLOBAL_BATCH
+    assert config_changes(saved.dump(), cfg, 64, 64) == []
+    saved.TRAIN.EPOCHS = 1600    # a key that changes the run still counts
+    assert config_changes(saved.dump(), cfg, 64, 64) == ["TRAIN.EPOCHS 1600 -> 800"]
