@@ -187,7 +187,7 @@ def test_check_a_folder(tmp_path, synthetic_root):
                  "--write-clean", tmp_path / "clean.csv", check=False)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "2 of 5 videos decode; 3 bad (unreadable 1, too_short 1, decode 1)" in result.stdout
-    bad = {line.split("\t")[0]: line.split("\t")[2] for line in (folder / "bad_videos.txt").read_text().splitlines()}
+    bad = {line.split("\t")[0]: line.split("\t")[2] for line in (tmp_path / "mine.bad.txt").read_text().splitlines()}
     assert bad == {"a/broken.webm": "unreadable", "a/short.mp4": "too_short", "a/b/damaged.mp4": "decode"}
     assert (tmp_path / "clean.csv").read_text() == "a/b/GOOD2.MP4 -1\ngood.mp4 -1\n"
     assert len(read_video_list(tmp_path / "clean.csv", folder, allow_unlabeled=True)) == 2

@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per video (--full: raise it for long "
                         "videos)")
     parser.add_argument("--out", type=Path, help="bad entries, tab-separated: where, path, reason, message "
-                        "(default: <list>.bad.txt, or <folder>/bad_videos.txt)")
+                        "(default: <list>.bad.txt, or <folder>.bad.txt beside the folder)")
     parser.add_argument("--write-clean", type=Path, help="also write the list without the bad entries")
     args = parser.parse_args(argv)
     if args.min_frames < 1:
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         name = args.list.name
     else:
         entries = folder_entries(args.folder)
-        out = args.out or args.folder / "bad_videos.txt"
+        out = args.out or args.folder.resolve().with_name(args.folder.resolve().name + ".bad.txt")  # beside it
         name = str(args.folder)
     bad = {}
     with ProcessPoolExecutor(max(1, args.workers)) as pool:
