@@ -4,7 +4,6 @@ job has loaded its data. Models are built on the meta device (ViT-H allocates no
 comes from the small synthetic set, through lists in a folder of their own (the shipped configs
 name 400 or 174 classes; the synthetic set's classes.json names 8)."""
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,22 @@ import torch
 
 from helpers import ROOT
 
-sys.path.insert(0, str(ROOT / "tools"))
+from videomae.engine.config import load_config
+from videomae.engine.data import build_dataset
 
-from videomae.engine.config import load_config  # noqa: E402
-from videomae.engine.data import build_dataset  # noqa: E402
+
+def load_tool(path):
+    """A tool script as a module, by its file: putting tools/ on sys.path would let tools/test.py
+    shadow the standard library's `test` package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tool_" + Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train = load_tool("tools/train.py")
 
 
 def standalone_configs() -> list[Path]:
@@ -46,11 +57,9 @@ SPLITS = {"pretrain": ("pretrain", "val"), "finetune": ("train", "val", "test"),
 
 @pytest.mark.parametrize("path", standalone_configs(), ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_shipped_config_builds(path, synthetic_root, lists):
-    from train import build_task
-
     cfg = load_config(path, ["DATA.ROOT", str(synthetic_root), "DATA.LIST_DIR", str(lists),
                              "DATA.NUM_WORKERS", "0", "MODEL.PRETRAINED", ""])
-    task = build_task(cfg)
+    task = train.build_task(cfg)
     task.log = lambda *_: None
     with torch.device("meta"):
         model = task.build_model()
@@ -69,12 +78,10 @@ def test_print_config_is_the_resolved_config(tmp_path, capsys):
     the same config; nothing runs (no OUTPUT_DIR is made)."""
     import yaml
 
-    from train import main
-
     from videomae.engine.config import ConfigError
 
     out = tmp_path / "never_made"
-    assert main(["--config", str(ROOT / "configs/pretrain/k400_vit_s.yaml"), "--print-config", "TRAIN.ACCUM_STEPS", "4",
+    assert train.main(["--config", str(ROOT / "configs/pretrain/k400_vit_s.yaml"), "--print-config", "TRAIN.ACCUM_STEPS", "4",
                  "OUTPUT_DIR", str(out)]) == 0
     printed_text = capsys.readouterr().out
     printed = yaml.safe_load(printed_text)
@@ -85,21 +92,19 @@ def test_print_config_is_the_resolved_config(tmp_path, capsys):
     assert load_config(None, text=printed_text).dump() == printed_text
     assert not out.exists()
     with pytest.raises(ConfigError, match="did you mean TRAIN.ACCUM_STEPS"):
-        main(["--config", str(ROOT / "configs/pretrain/k400_vit_s.yaml"), "--print-config", "TRAIN.ACCUM_STEP", "4"])
+        train.main(["--config", str(ROOT / "configs/pretrain/k400_vit_s.yaml"), "--print-config", "TRAIN.ACCUM_STEP", "4"])
     assert capsys.readouterr().out == ""
 
 
 def test_batch_warning():
-    from train import batch_warning
-
     cfg = load_config(ROOT / "configs/pretrain/k400_vit_b.yaml")      # 32 per GPU, recipe 2048
-    assert batch_warning(cfg, 64) is None
-    assert batch_warning(cfg, 8) == ("warning: global batch 256 (TRAIN.BATCH_SIZE 32 x 8 processes x "
+    assert train.batch_warning(cfg, 64) is None
+    assert train.batch_warning(cfg, 8) == ("warning: global batch 256 (TRAIN.BATCH_SIZE 32 x 8 processes x "
                                      "TRAIN.ACCUM_STEPS 1) differs from the recipe's 2048 "
                                      "(TRAIN.RECIPE_GLOBAL_BATCH); TRAIN.ACCUM_STEPS 8 restores it")
-    assert batch_warning(load_config(ROOT / "configs/pretrain/k400_vit_b.yaml", ["TRAIN.ACCUM_STEPS", "8"]), 8) is None
-    assert "choose TRAIN.BATCH_SIZE x TRAIN.ACCUM_STEPS" in batch_warning(cfg, 3)
-    assert batch_warning(load_config(ROOT / "configs/demo/pretrain.yaml"), 1) is None   # no recipe: no warning
+    assert train.batch_warning(load_config(ROOT / "configs/pretrain/k400_vit_b.yaml", ["TRAIN.ACCUM_STEPS", "8"]), 8) is None
+    assert "choose TRAIN.BATCH_SIZE x TRAIN.ACCUM_STEPS" in train.batch_warning(cfg, 3)
+    assert train.batch_warning(load_config(ROOT / "configs/demo/pretrain.yaml"), 1) is None   # no recipe: no warning
 
 
 def test_train_says_when_the_batch_is_not_the_recipes(tmp_path):

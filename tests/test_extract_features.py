@@ -2,18 +2,29 @@
 import csv
 import subprocess
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-import sys
 import torch
 
 from helpers import PYTHON, ROOT, env, free_port
 
-sys.path.insert(0, str(ROOT / "tools"))
+from videomae.models.factory import create_model
 
-import extract_features as ef  # noqa: E402
 
-from videomae.models.factory import create_model  # noqa: E402
+def load_tool(path):
+    """A tool script as a module, by its file: putting tools/ on sys.path would let tools/test.py
+    shadow the standard library's `test` package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tool_" + Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ef = load_tool("tools/extract_features.py")
 
 GEOMETRY = ["MODEL.NUM_FRAMES", "4", "MODEL.IMG_SIZE", "32", "MODEL.PATCH_SIZE", "8", "MODEL.DEPTH", "2",
             "MODEL.NUM_CLASSES", "8", "MODEL.PRETRAINED", "", "DATA.NUM_WORKERS", "0", "DATA.SAMPLING_RATE", "2",
