@@ -91,6 +91,9 @@ def test_print_config_is_the_resolved_config(tmp_path, capsys):
     assert printed["TRAIN"]["WEIGHT_DECAY"] == 0.05                               # a default
     assert load_config(None, text=printed_text).dump() == printed_text
     assert not out.exists()
+    assert train.main(["--config", str(ROOT / "configs/pretrain/k400_vit_s.yaml"), "TRAIN.ACCUM_STEPS", "4",
+                       "OUTPUT_DIR", str(out), "--print-config"]) == 0    # the flag after the overrides
+    assert capsys.readouterr().out == printed_text
     with pytest.raises(ConfigError, match="did you mean TRAIN.ACCUM_STEPS"):
         train.main(["--config", str(ROOT / "configs/pretrain/k400_vit_s.yaml"), "--print-config", "TRAIN.ACCUM_STEP", "4"])
     assert capsys.readouterr().out == ""

@@ -58,6 +58,9 @@ def main(argv=None) -> int:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE pairs, e.g. TRAIN.EPOCHS 10")
     args = parser.parse_args(argv)
+    if "--print-config" in args.overrides:   # after the first KEY VALUE pair, REMAINDER took it in
+        args.overrides.remove("--print-config")
+        args.print_config = True
     cfg = load_config(args.config, args.overrides)   # before any data loads
     if args.print_config:
         print(cfg.dump(), end="")
