@@ -1,7 +1,12 @@
 """Kinetics (400/600/700): official csv -> VideoMAE lists.
 
     python datasets/kinetics/prepare.py --csv kinetics400/train.csv --split-name train \
-        --videos /data/k400/train --out /data/k400/lists --classes-from kinetics400/train.csv
+        --videos /data/k400/train --root /data/k400 --out /data/k400/lists \
+        --classes-from kinetics400/train.csv
+
+Paths in the lists are relative to --root (default: the parent of --videos), so one `DATA.ROOT`
+(/data/k400) resolves every split: `train/<clip>.mp4`, `val/<clip>.mp4`. Run it once per split with
+the same --root and --out.
 
 The official csv has the columns `label,youtube_id,time_start,time_end,split`; files are looked up
 as `<youtube_id>_<start:06d>_<end:06d>.<ext>` (the common download layout) or `<youtube_id>.<ext>`,
@@ -43,13 +48,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--csv", type=Path, required=True)
     parser.add_argument("--split-name", required=True, help="train, val or test: names the output list")
-    parser.add_argument("--videos", type=Path, required=True)
+    parser.add_argument("--videos", type=Path, required=True, help="this split's video folder")
+    parser.add_argument("--root", type=Path, help="folder the list paths are relative to, the configs' "
+                        "DATA.ROOT; must hold --videos (default: the parent of --videos)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--classes-from", type=Path, help="csv whose labels define the class index "
                         "(default: --csv)")
     parser.add_argument("--ext", default="mp4")
     args = parser.parse_args(argv)
 
+    root = (args.root or args.videos.resolve().parent).resolve()
+    try:
+        prefix = args.videos.resolve().relative_to(root)
+    except ValueError:
+        sys.exit(f"error: --videos {args.videos} is not inside --root {root}: list paths are relative to "
+                 "--root (DATA.ROOT), so it must hold every split's folder")
     rows = read_rows(args.csv)
     label_rows = read_rows(args.classes_from) if args.classes_from else rows
     classes = {name: i for i, name in enumerate(sorted({r["label"] for r in label_rows}))}
@@ -61,9 +74,9 @@ def main(argv=None) -> int:
                      f"{len(classes)} classes of {args.classes_from or args.csv}")
         found = next((n for n in candidate_names(row, args.ext) if (args.videos / n).exists()), None)
         if found is None:
-            missing.append(candidate_names(row, args.ext)[0])
+            missing.append((prefix / candidate_names(row, args.ext)[0]).as_posix())
         else:
-            present.append(f"{found} {classes[row['label']]}\n")
+            present.append(f"{(prefix / found).as_posix()} {classes[row['label']]}\n")
     (args.out / f"{args.split_name}.csv").write_text("".join(present))
     (args.out / f"{args.split_name}_missing.txt").write_text("".join(f"{m}\n" for m in missing))
     (args.out / "classes.json").write_text(json.dumps(classes, indent=1))
@@ -71,7 +84,8 @@ def main(argv=None) -> int:
         (args.out / "test.csv").write_text("".join(present))
     share = len(missing) / max(len(rows), 1)
     print(f"{args.split_name}: {len(present)} videos found, {len(missing)} missing ({share:.1%}); "
-          f"{len(classes)} classes; lists in {args.out}")
+          f"{len(classes)} classes; lists in {args.out} (DATA.LIST_DIR), paths relative to {root} "
+          "(DATA.ROOT)")
     return 0
 
 

@@ -85,7 +85,9 @@ C.DATA.EVAL_SKIP_BAD = False         # evaluation: skip a video that fails to de
 
 C.TRAIN = CfgNode()
 C.TRAIN.BATCH_SIZE = 32              # videos per process per micro-step
-C.TRAIN.ACCUM_STEPS = 1
+C.TRAIN.ACCUM_STEPS = 1              # micro-steps per optimizer step: the same global batch on fewer GPUs
+C.TRAIN.RECIPE_GLOBAL_BATCH = 0      # the published recipe's videos per optimizer step; a run whose BATCH_SIZE
+                                     # x processes x ACCUM_STEPS differs says so in one line; 0 = no recipe
 C.TRAIN.EPOCHS = 800
 C.TRAIN.MAX_STEPS = 0                # > 0: stop after this many optimizer steps; the schedule is unchanged,
                                      # so a run stopped here and resumed equals one that did not stop
@@ -117,7 +119,8 @@ C.TRAIN.VAL_VIDEOS = 1000            # pretraining: validate on up to this many 
                                      # spread over it) when that list exists; 0 = no validation
 C.TRAIN.AUTO_RESUME = True
 C.TRAIN.DIVERGENCE_FACTOR = 10.0     # stop when the loss of a log step is above this x the running median of
-C.TRAIN.DIVERGENCE_PATIENCE = 3      # the log steps' losses for this many log steps in a row; 0 = off
+                                     # the log steps' losses for TRAIN.DIVERGENCE_PATIENCE log steps in a row
+C.TRAIN.DIVERGENCE_PATIENCE = 3      # log steps in a row above TRAIN.DIVERGENCE_FACTOR x the median; 0 = off
 C.TRAIN.BREAK_LOCK = False           # take OUTPUT_DIR's run.lock even if another host's run holds it
 C.TRAIN.ALLOW_CHANGES = ""           # keys a resumed run may change beyond the allowlist, comma-separated
 
@@ -340,6 +343,7 @@ _RANGES = (
     ("DATA.RANDOM_ERASING", 0.0, 1.0, True, True),
     ("DATA.TEST_NUM_CLIPS", 1, None, True, None), ("DATA.TEST_NUM_CROPS", 1, None, True, None),
     ("TRAIN.EPOCHS", 1, None, True, None), ("TRAIN.MAX_STEPS", 0, None, True, None),
+    ("TRAIN.RECIPE_GLOBAL_BATCH", 0, None, True, None),
     ("TRAIN.WARMUP_EPOCHS", 0, None, True, None),
     ("TRAIN.BASE_LR", 0.0, None, True, None),   # 0 keeps the weights as loaded: a check of the loading
     ("TRAIN.MIN_LR", 0.0, None, True, None),

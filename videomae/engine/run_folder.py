@@ -30,6 +30,7 @@ RESUME_ALLOWED = {
     "TRAIN.MAX_STEPS", "TRAIN.LOG_PERIOD", "TRAIN.CKPT_PERIOD", "TRAIN.CKPT_STEPS", "TRAIN.KEEP_CHECKPOINTS",
     "TRAIN.EVAL_PERIOD", "TRAIN.VAL_VIDEOS", "TRAIN.AUTO_RESUME", "TRAIN.DIVERGENCE_FACTOR", "TRAIN.DIVERGENCE_PATIENCE",
     "TRAIN.BREAK_LOCK", "TRAIN.ALLOW_CHANGES", "DATA.MAX_BAD_RATIO",
+    "TRAIN.RECIPE_GLOBAL_BATCH",   # only what the start-up warning compares with
 }
 RESUME_ALLOWED_SECTIONS = ("LOG.",)
 # may change together with the world size as long as the global batch stays the same
