@@ -186,7 +186,7 @@ class PretrainTask:
                              "this batch has none")
         if "motion_source" in batch and not self._motion_logged:
             sources = batch["motion_source"]
-            self.log(f"motion masks: {sources.count('mv')} of {len(sources)} clips of the first batch scored by "
+            self.log(f"motion masks: {sources.count('mv')} of {len(sources)} videos of the first batch scored by "
                      f"codec motion vectors, {sources.count('diff')} by frame differences")
             self._motion_logged = True
         mask, decoder_mask, count, decoder_count = self.masks(model, video.shape[0], ctx, engine.device, loaded)
