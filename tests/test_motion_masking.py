@@ -164,3 +164,23 @@ def test_motion_pretraining_lowers_the_loss(tmp_path, synthetic_root):
            "differences" in result.stdout, result.stdout
     values = losses(out)
     assert len(values) == 10 and sum(values[-3:]) / 3 < sum(values[:3]) / 3, values
+
+
+def test_evaluation_scores_motion_masks_by_the_validation_clips_frame_differences(square_video):
+    """recon_own of a motion cell (videomae/compare/evaluate.py): the val clip's own motion, the
+    common per-item keys; the masked share counts tube-like masks as tube masking does."""
+    from types import SimpleNamespace
+
+    from videomae.compare.evaluate import masked_share
+    from videomae.engine.reconstruction import item_masks
+
+    video = dataset(square_video, "decord")[(0, 0, 0, 0)]["video"][None].repeat(3, 1, 1, 1, 1)
+    strategy = MotionMasking(RATIO, 0.25)
+    model = SimpleNamespace(tubelet_size=TUBELET, patch_size=PATCH)
+    masks = item_masks(strategy, torch.tensor([4, 5, 6]), GRID, "cpu", video, model)
+    square = square_cubes(video[0])
+    assert masks[:, square].float().mean() >= 2 * RATIO
+    assert torch.equal(masks[1:2], item_masks(strategy, torch.tensor([5]), GRID, "cpu", video[:1], model))
+    assert not torch.equal(masks[0], masks[1])   # per-item keys (COMMON_MASK_SEED, item)
+    assert masked_share("motion", 0.9, (8, 14, 14), 4, {"tube": True}) == int(0.9 * 196) / 196
+    assert masked_share("motion", 0.9, (8, 14, 14), 4) == int(0.9 * 1568) / 1568

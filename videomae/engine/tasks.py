@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..masking import build_masking, validate_mask
+from ..masking.motion import masking_kwargs
 from ..models.factory import create_model
 from ..models.targets import IMAGENET_MEAN, IMAGENET_STD
 from ..seeding import RowGenerator
@@ -76,9 +77,7 @@ class PretrainTask:
     def __init__(self, cfg):
         self.cfg = cfg
         self.log = print  # the trainer hands in its logger
-        extra = dict(temperature=cfg.MASK.MOTION_TEMPERATURE, tube=cfg.MASK.MOTION_TUBE) \
-            if cfg.MASK.TYPE == "motion" else {}
-        self.mask = build_masking(cfg.MASK.TYPE, cfg.MASK.RATIO, **extra)
+        self.mask = build_masking(cfg.MASK.TYPE, cfg.MASK.RATIO, **masking_kwargs(cfg))
         self.decoder_mask = build_masking(cfg.MASK.DECODER_TYPE, cfg.MASK.DECODER_RATIO) \
             if cfg.MASK.DECODER_TYPE else None
         self._validated = False  # masks are checked on the first step, then when ctx.validate says

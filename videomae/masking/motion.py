@@ -116,6 +116,19 @@ def frame_difference_scores(clip: torch.Tensor, tubelet: int, patch: int) -> tor
     return cube_scores(frame_differences(clip), tubelet, patch)
 
 
+def batch_frame_difference_scores(video: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
+    """uint8 batch (B, C, T, H, W), as the loader hands it out -> (B, N) frame-difference scores
+    (evaluation: the validation clips' own motion)."""
+    return torch.stack([frame_difference_scores(clip.transpose(0, 1).cpu(), tubelet, patch) for clip in video])
+
+
+def masking_kwargs(cfg) -> dict:
+    """The MASK.MOTION_* arguments of `build_masking` for MASK.TYPE motion; {} for the others."""
+    if cfg.MASK.TYPE != "motion":
+        return {}
+    return dict(temperature=cfg.MASK.MOTION_TEMPERATURE, tube=cfg.MASK.MOTION_TUBE)
+
+
 # -- motion vectors (PyAV's MOTION_VECTORS side data) -----------------------------------------------
 MV_QUANT = 4  # the map travels as uint8 with the pixels: magnitude x 4 (quarter pixels), up to 63.75 px
 
