@@ -184,3 +184,23 @@ def test_evaluation_scores_motion_masks_by_the_validation_clips_frame_difference
     assert not torch.equal(masks[0], masks[1])   # per-item keys (COMMON_MASK_SEED, item)
     assert masked_share("motion", 0.9, (8, 14, 14), 4, {"tube": True}) == int(0.9 * 196) / 196
     assert masked_share("motion", 0.9, (8, 14, 14), 4) == int(0.9 * 1568) / 1568
+
+
+def test_comparison_runner_takes_motion_as_one_more_strategy(tmp_path, synthetic_root):
+    import csv
+    import subprocess
+
+    from helpers import PYTHON, ROOT, TINY, env
+
+    out = tmp_path / "compare"
+    args = ["tools/compare_masking.py", "--config", "configs/demo/pretrain.yaml", "--strategies", "random,motion",
+            "--seeds", "0", "--ratios", "0.75", "--eval", "recon", "--out", str(out), "DATA.ROOT", str(synthetic_root),
+            "DATA.LIST_DIR", str(synthetic_root), *TINY, "TRAIN.EPOCHS", "1"]
+    result = subprocess.run([PYTHON, *args], cwd=ROOT, capture_output=True, text=True, env=env(), timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(out / "results.csv") as handle:
+        rows = {(r["strategy"], r["metric"]): r for r in csv.DictReader(handle)}
+    assert float(rows[("motion", "recon_own")]["effective_masked_share"]) == 24 / 32
+    # the motion cell's own masks follow the validation clips' motion: not the common random ones
+    assert rows[("motion", "recon_own")]["value"] != rows[("motion", "recon_common")]["value"]
+    assert rows[("random", "recon_own")]["value"] == rows[("random", "recon_common")]["value"]
