@@ -12,7 +12,8 @@ from videomae.data.synthetic import write_mp4
 from videomae.data.transforms import Compose, HorizontalFlip, MultiScaleCrop, resize
 from videomae.engine.data import GlobalBatchSampler
 from videomae.masking import build_masking
-from videomae.masking.motion import LoaderMotionMasks, MotionMasking, average_ranks
+from videomae.masking.motion import (LoaderMotionMasks, MotionMasking, average_ranks, frame_difference_scores,
+                                    motion_vector_map)
 from videomae.seeding import RowGenerator
 
 SIZE, FRAMES, TUBELET, PATCH, RATIO = 64, 8, 2, 8, 0.25
@@ -85,7 +86,7 @@ def test_motion_vectors_are_where_the_square_moves(square_video):
 
     with PyAVReader(str(square_video)) as reader:
         frames, motion = reader.get_frames_and_motion([3, 4, 5])
-    assert motion.shape == frames.shape[:3] and motion.dtype == np.uint8
+    assert motion.shape == frames.shape[:3] and motion.dtype == np.float32
     on = (frames >= 240).all(-1)
     assert motion[on].mean() > 5 * max(motion[~on].mean(), 0.1)
 
@@ -204,3 +205,28 @@ def test_comparison_runner_takes_motion_as_one_more_strategy(tmp_path, synthetic
     # the motion cell's own masks follow the validation clips' motion: not the common random ones
     assert rows[("motion", "recon_own")]["value"] != rows[("motion", "recon_common")]["value"]
     assert rows[("random", "recon_own")]["value"] == rows[("random", "recon_common")]["value"]
+
+
+def test_motion_vector_map_paints_each_block_with_its_magnitude():
+    dtype = [("w", "u1"), ("h", "u1"), ("dst_x", "i2"), ("dst_y", "i2"), ("motion_x", "i4"), ("motion_y", "i4"),
+             ("motion_scale", "u2")]
+    vectors = np.array([(16, 16, 8, 8, 12, 16, 4),      # block at (0..16, 0..16): |(3, 4)| = 5 px
+                        (8, 8, 20, 4, 0, 0, 4),         # a static block: stays 0
+                        (8, 8, 20, 4, -8, 0, 4),        # the same block from the other reference: 2 px
+                        (16, 8, 28, 28, 0, 40, 4)], dtype=dtype)   # crosses the right edge: clipped
+    out = motion_vector_map(vectors, 30, 30)
+    expected = np.zeros((30, 30), np.float32)
+    expected[0:16, 0:16] = 5
+    expected[0:8, 16:24] = 2
+    expected[24:30, 20:30] = 10
+    np.testing.assert_array_equal(out, expected)
+    assert not motion_vector_map(vectors[:0], 30, 30).any()
+
+
+def test_frame_difference_scores_are_the_mean_absolute_difference_per_cube():
+    clip = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8).permute(0, 3, 1, 2)   # channels-last, as decoded
+    x = clip.float()
+    diff = (x[1:] - x[:-1]).abs()
+    diff = torch.cat([diff[:1], diff])                       # frame 0 against frame 1
+    expected = diff.view(2, 2, 3, 2, 4, 2, 4).mean(dim=(1, 2, 4, 6)).flatten()
+    torch.testing.assert_close(frame_difference_scores(clip, 2, 4), expected)

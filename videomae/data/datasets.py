@@ -18,6 +18,7 @@ its traceback. Evaluation never substitutes a video (`EvalVideoError`, or a `bad
 from __future__ import annotations
 
 import atexit
+import copy
 import os
 import signal
 import weakref
@@ -150,8 +151,6 @@ class VideoDataset(Dataset):
             indices = self.clip_indices(n, rng, clip_index)
             if motion is not None and motion.source != "diff" and hasattr(reader, "get_frames_and_motion"):
                 decoded, vectors = reader.get_frames_and_motion(indices)
-                # the motion map rides as a 4th channel through the clip's crop, resize and flip
-                decoded = decoded if vectors is None else np.concatenate([decoded, vectors[..., None]], -1)
             else:
                 decoded = reader.get_frames(indices)
             # (T, C, H, W) view of channels-last memory: the layout uint8 resizing is fastest on
@@ -159,11 +158,16 @@ class VideoDataset(Dataset):
         # repeated sampling (MAE-ST repeat_aug, VideoMAE V2 num_sample): one decoded clip, K
         # independent spatial augmentations; the model then draws a different mask for each
         transform = self._test_crops[crop_index] if self.mode == "test" else self.transform
-        clips = [transform(frames, rng) if transform is not None else frames for _ in range(repeats)]
+        clips, maps = [], []
+        for _ in range(repeats):
+            if vectors is not None:
+                # the motion map takes the clip's own crop, resize and flip: the same transform
+                # replaying the same draws (a copy of the generator; they depend on the size only)
+                maps.append(transform(torch.from_numpy(vectors)[:, None], copy.deepcopy(rng))[:, 0])
+            clips.append(transform(frames, rng) if transform is not None else frames)
         item = {"index": index, "label": record.label}
         if motion is not None:
-            item.update(self._motion_masks(clips, vectors is not None, place or (0, self.epoch, index)))
-            clips = [clip[:, :3] for clip in clips]
+            item.update(self._motion_masks(clips, maps, place or (0, self.epoch, index)))
         clips = channels_first(clips)  # K, C, T, H, W
         if repeats > 1:
             item["video"] = clips
@@ -172,7 +176,7 @@ class VideoDataset(Dataset):
             item["video"] = clips[0]
         return item
 
-    def _motion_masks(self, clips: list[torch.Tensor], vectors: bool, place) -> dict:
+    def _motion_masks(self, clips: list[torch.Tensor], maps: list[torch.Tensor], place) -> dict:
         """Motion-guided masks (`videomae.masking.motion`) of the item's K transformed clips: a
         (K, N) or, for K = 1, (N,) `mask` and the `motion_source` ("mv" or "diff"). `place` is the
         item's (epoch, step, global row); a plain integer index is placed at (0, epoch, index)."""
@@ -181,12 +185,12 @@ class VideoDataset(Dataset):
         motion = self.motion
         epoch, step, row = place
         grid = motion.grid(clips[0])
-        if vectors:
-            scores = [cube_scores(clip[:, 3], motion.tubelet, motion.patch) for clip in clips]
+        if maps:   # codec motion vector magnitudes, per pixel of each transformed clip
+            scores = [cube_scores(m, motion.tubelet, motion.patch) for m in maps]
         else:
-            scores = [frame_difference_scores(clip[:, :3], motion.tubelet, motion.patch) for clip in clips]
+            scores = [frame_difference_scores(clip, motion.tubelet, motion.patch) for clip in clips]
         mask = motion.masks(torch.stack(scores), grid, epoch, step, row)
-        return {"mask": mask if len(clips) > 1 else mask[0], "motion_source": "mv" if vectors else "diff"}
+        return {"mask": mask if len(clips) > 1 else mask[0], "motion_source": "mv" if maps else "diff"}
 
     # -- items ----------------------------------------------------------------------------------
     def __getitem__(self, i: int) -> dict:

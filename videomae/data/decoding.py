@@ -206,11 +206,10 @@ class PyAVReader(VideoReader):
 
     def get_frames_and_motion(self, indices):
         """(frames, motion): the frames of `get_frames` and per frame the codec's motion vector
-        magnitudes as uint8 (T, H, W) at the frames' size (`videomae.masking.motion.MV_QUANT` per
-        pixel of motion), or None when no sampled frame carries motion vectors (an intra-only
+        magnitudes as float32 (T, H, W) at the frames' size, in pixels of that size, or None when no sampled frame carries motion vectors (an intra-only
         clip). A sampled frame without vectors (a keyframe) takes the map of the nearest sampled
         frame that has them."""
-        from ..masking.motion import motion_vector_map, quantize_map
+        from ..masking.motion import motion_vector_map
 
         if not self._export_mvs:
             # the decoder reads its options when it opens, on the first decoded packet
@@ -231,7 +230,7 @@ class PyAVReader(VideoReader):
                 magnitude = F.interpolate(torch.from_numpy(magnitude)[None, None], size=(h, w),
                                           mode="area" if h < frame.height else "nearest")[0, 0].numpy()
                 magnitude *= w / frame.width   # vectors in pixels of the output size
-            maps[i] = quantize_map(magnitude)
+            maps[i] = magnitude
 
         frames = self.get_frames(indices, on_frame=keep)
         have = [i for i in sorted(maps) if maps[i] is not None]
