@@ -230,3 +230,22 @@ def test_frame_difference_scores_are_the_mean_absolute_difference_per_cube():
     diff = torch.cat([diff[:1], diff])                       # frame 0 against frame 1
     expected = diff.view(2, 2, 3, 2, 4, 2, 4).mean(dim=(1, 2, 4, 6)).flatten()
     torch.testing.assert_close(frame_difference_scores(clip, 2, 4), expected)
+
+
+def test_bad_motion_settings_are_one_clear_line():
+    from videomae.engine.config import ConfigError, get_defaults
+    from videomae.engine.data import loader_motion_masks
+
+    cfg = get_defaults()
+    cfg.MASK.TYPE, cfg.MASK.MOTION_SOURCE = "motion", "mv"
+    with pytest.raises(ConfigError, match="MASK.MOTION_SOURCE mv needs DATA.BACKEND pyav"):
+        loader_motion_masks(cfg)
+    cfg.MASK.MOTION_SOURCE = "flow"
+    with pytest.raises(ValueError, match="MASK.MOTION_SOURCE must be one of"):
+        loader_motion_masks(cfg)
+    cfg.MASK.MOTION_SOURCE, cfg.MASK.MOTION_TEMPERATURE = "auto", -1.0
+    with pytest.raises(ValueError, match="MASK.MOTION_TEMPERATURE must be >= 0"):
+        loader_motion_masks(cfg)
+    cfg.MASK.MOTION_TEMPERATURE = 0.25
+    motion = loader_motion_masks(cfg)
+    assert (motion.patch, motion.tubelet, motion.strategy.temperature) == (16, 2, 0.25)

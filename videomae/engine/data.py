@@ -312,6 +312,9 @@ def loader_motion_masks(cfg):
     patch = cfg.MODEL.PATCH_SIZE or (int(named.group(1)) if named else create_model(
         cfg.MODEL.NAME, num_frames=cfg.MODEL.NUM_FRAMES, img_size=cfg.MODEL.IMG_SIZE,
         tubelet_size=cfg.MODEL.TUBELET_SIZE, depth=1).patch_size)
+    if cfg.MASK.MOTION_SOURCE == "mv" and cfg.DATA.BACKEND != "pyav":
+        raise ConfigError(f"MASK.MOTION_SOURCE mv needs DATA.BACKEND pyav (the backend that exports motion "
+                          f"vectors), got {cfg.DATA.BACKEND}; or use MASK.MOTION_SOURCE auto or diff")
     strategy = MotionMasking(cfg.MASK.RATIO, cfg.MASK.MOTION_TEMPERATURE, cfg.MASK.MOTION_TUBE)
     return LoaderMotionMasks(strategy, cfg.MODEL.TUBELET_SIZE, patch, cfg.SEED, cfg.MASK.MOTION_SOURCE)
 
