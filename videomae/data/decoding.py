@@ -206,9 +206,9 @@ class PyAVReader(VideoReader):
 
     def get_frames_and_motion(self, indices):
         """(frames, motion): the frames of `get_frames` and per frame the codec's motion vector
-        magnitudes as float32 (T, H, W) at the frames' size, in pixels of that size, or None when no sampled frame carries motion vectors (an intra-only
-        clip). A sampled frame without vectors (a keyframe) takes the map of the nearest sampled
-        frame that has them."""
+        magnitudes as float32 (T, H, W) at the frames' size, in pixels of that size -- or None when
+        no sampled frame carries motion vectors (an intra-only clip). A sampled frame without
+        vectors (a keyframe) takes the map of the nearest sampled frame that has them."""
         from ..masking.motion import motion_vector_map
 
         if not self._export_mvs:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import threading
 from typing import NamedTuple
 
@@ -305,8 +306,6 @@ def loader_motion_masks(cfg):
         return None
     from ..masking.motion import LoaderMotionMasks, MotionMasking
     from ..models.factory import create_model
-
-    import re
 
     named = re.search(r"_patch(\d+)_", cfg.MODEL.NAME)   # our names say it; a model of your own is asked
     patch = cfg.MODEL.PATCH_SIZE or (int(named.group(1)) if named else create_model(
