@@ -125,13 +125,16 @@ def test_loader_masks_use_the_rows_the_training_step_counts(square_video):
     assert torch.equal(loaded, drawn)
 
 
-def test_repeated_clips_get_masks_that_follow_their_own_crops(square_video):
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_repeated_clips_get_masks_that_follow_their_own_crops(square_video, backend):
+    """K=4 crops and flips of one decode; with motion vectors the map replays each clip's transform."""
     transform = Compose([MultiScaleCrop(SIZE), HorizontalFlip()])
-    data = dataset(square_video, "decord", transform=transform, repeats=4, temperature=0.0)
+    data = dataset(square_video, backend, transform=transform, repeats=4, temperature=0.0)
     flips = set()
     for i in range(3):
         item = data[(0, i, 0, 0)]
         assert item["video"].shape[0] == item["mask"].shape[0] == 4
+        assert item["motion_source"] == {"pyav": "mv", "decord": "diff"}[backend]
         for video, mask in zip(item["video"], item["mask"]):
             square = square_cubes(video)
             # temperature 0: the masked cubes are the most moving ones of this very crop
