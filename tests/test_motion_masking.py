@@ -252,3 +252,15 @@ def test_bad_motion_settings_are_one_clear_line():
     cfg.MASK.MOTION_TEMPERATURE = 0.25
     motion = loader_motion_masks(cfg)
     assert (motion.patch, motion.tubelet, motion.strategy.temperature) == (16, 2, 0.25)
+
+
+def test_two_ranks_train_as_one_rank_with_accumulation(tmp_path, synthetic_root):
+    """The masks the loaders draw depend on (SEED, step, row) only: 2 gloo ranks (with a loader
+    worker each) give the losses of 1 process with 2 accumulation steps, across an epoch boundary."""
+    reference, two = tmp_path / "reference", tmp_path / "two"
+    common = ["MASK.TYPE", "motion", "MASK.RATIO", "0.75", "DATA.NUM_REPEATS", 2, "TRAIN.BATCH_SIZE", 2,
+              "DEEPSPEED.ZERO_STAGE", 0, "TRAIN.MAX_STEPS", 8]
+    run_train(reference, synthetic_root, *common, "TRAIN.ACCUM_STEPS", 2)
+    run_train(two, synthetic_root, *common, "DATA.NUM_WORKERS", 1, nproc=2)
+    assert len(losses(reference)) == 8
+    torch.testing.assert_close(torch.tensor(losses(two)), torch.tensor(losses(reference)), rtol=1e-5, atol=1e-6)
