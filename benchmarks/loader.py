@@ -3,7 +3,9 @@
   - decode-only ceiling: open the video and decode the clip's frames, nothing else;
   - the pretraining pipeline (sampling + decode + multi-scale crop to --size), K = 1;
   - the same with repeated sampling, K = --repeats clips cut from one decode;
-  for decord, PyAV and torchcodec (optional: `pip install -e '.[torchcodec]'` and FFmpeg's libraries).
+  for decord, PyAV and torchcodec (optional: `pip install -e '.[torchcodec]'` and FFmpeg's libraries);
+  - with --motion, the pipeline again with motion-guided masks drawn per clip (MASK.TYPE motion,
+    videomae/masking/motion.py): codec motion vectors with PyAV, frame differences otherwise.
 
     python benchmarks/loader.py                              # generated 320x240 videos
     python benchmarks/loader.py --list lists/k400/train.csv --root /data/k400 --videos 200
@@ -51,6 +53,7 @@ def main():
     parser.add_argument("--video-frames", type=int, default=300, help="generated: 10 s at 30 fps, as K400")
     parser.add_argument("--keyint", type=int, default=250, help="generated: keyframe interval (x264 "
                         "default, as downloaded videos); 16 mimics datasets/reencode.py")
+    parser.add_argument("--motion", action="store_true", help="also time the pipeline with motion masks on")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in a loader worker
 
@@ -67,11 +70,15 @@ def main():
     for record in records:  # warm the page cache so the first contender pays no disk reads
         Path(record.path).read_bytes()
 
-    def datasets(backend):
+    def datasets(backend, motion=None):
         return {k: VideoDataset(records, "pretrain", ClipConfig(num_frames=args.frames, sampling_rate=args.rate,
                                                                 img_size=args.size, num_repeats=k),
-                                backend=backend)
+                                backend=backend, motion=motion)
                 for k in (1, args.repeats)}
+
+    def motion_masks():
+        from videomae.masking.motion import LoaderMotionMasks, MotionMasking
+        return LoaderMotionMasks(MotionMasking(0.9), tubelet=2, patch=16, seed=0, steps_per_epoch=1)
 
     backends = args.backends.split(",") if args.backends else \
         [b for b, ok in (("decord", decord_available()), ("pyav", True), ("torchcodec", torchcodec_available())) if ok]
@@ -86,6 +93,10 @@ def main():
 
         contenders = {"ceiling": (decode_only, 1), "k1": (ds[1].__getitem__, 1),
                       "kk": (ds[args.repeats].__getitem__, args.repeats)}
+        if args.motion:
+            mds = datasets(backend, motion_masks())
+            contenders.update({"motion_k1": (mds[1].__getitem__, 1),
+                               "motion_kk": (mds[args.repeats].__getitem__, args.repeats)})
         rates = {name: [] for name in contenders}
         for _ in range(args.rounds):  # interleaved, so drift in machine load hits all alike
             for name, (fn, clips) in contenders.items():
@@ -94,6 +105,12 @@ def main():
         print(f"[{backend}] decode-only ceiling {ceiling:7.1f} clips/s | pipeline K=1 {k1:7.1f} "
               f"({k1 / ceiling:.0%} of ceiling) | K={args.repeats} {kk:7.1f} clips/s "
               f"({kk / k1:.2f}x K=1)")
+        if args.motion:
+            source = mds[1][0]["motion_source"]
+            m1, mk = (statistics.median(rates[n]) for n in ("motion_k1", "motion_kk"))
+            print(f"[{backend}] motion masks on ({'motion vectors' if source == 'mv' else 'frame differences'}): "
+                  f"K=1 {m1:7.1f} clips/s ({m1 / k1:.2f}x off) | K={args.repeats} {mk:7.1f} clips/s "
+                  f"({mk / kk:.2f}x off)")
 
 if __name__ == "__main__":
     main()

@@ -32,6 +32,7 @@ import torch
 
 from ..engine.reconstruction import COMMON_MASK_SEED, common_strategy, eval_config, item_masks, loss_sums  # noqa: F401
 from ..masking import build_masking
+from ..masking.motion import masking_kwargs
 
 KNN_K, KNN_TEMPERATURE = 20, 0.07
 PROBE_WEIGHT_DECAY, PROBE_MAX_ITER = 1e-3, 500
@@ -50,18 +51,20 @@ def eval_loader(cfg, list_name: str):
     return dataset, build_eval_loader(cfg, dataset, 1, 0)
 
 
-def reconstruction(model, loader, mask_type: str, ratio: float, device) -> dict:
+def reconstruction(model, loader, mask_type: str, ratio: float, device, mask_kwargs: dict | None = None) -> dict:
     """Mean per-clip masked-cube loss under the common mask and under the own mask (the common one
-    is what pretraining's validation pass logs, videomae/engine/reconstruction.py)."""
-    sums, clips = loss_sums(model, loader, {"recon_common": common_strategy(ratio),
-                                            "recon_own": build_masking(mask_type, ratio)}, device)
+    is what pretraining's validation pass logs, videomae/engine/reconstruction.py). Motion masking's
+    own mask scores each validation clip by its frame differences."""
+    own = build_masking(mask_type, ratio, **(mask_kwargs or {}))
+    sums, clips = loss_sums(model, loader, {"recon_common": common_strategy(ratio), "recon_own": own}, device)
     return {key: value / clips for key, value in sums.items()}
 
 
-def masked_share(mask_type: str, ratio: float, grid, rows: int) -> float:
+def masked_share(mask_type: str, ratio: float, grid, rows: int, mask_kwargs: dict | None = None) -> float:
     """The share of cubes the strategy hides, counted on its masks of validation items 0..rows-1
-    (the own masks `reconstruction` scores): a strategy of your own is described by what it does."""
-    mask = item_masks(build_masking(mask_type, ratio), torch.arange(rows), grid, "cpu")
+    (the own masks `reconstruction` scores): a strategy of your own is described by what it does.
+    (Motion masking's count does not depend on the scores, so no video is needed for it.)"""
+    mask = item_masks(build_masking(mask_type, ratio, **(mask_kwargs or {})), torch.arange(rows), grid, "cpu")
     return float(mask.sum()) / mask.numel()
 
 
@@ -197,9 +200,10 @@ def evaluate_cell(cfg, cell_dir: str, evals: list[str], device, cache_name: str 
         model = load_pretrained(cfg, weights, device)
         val_set, val_loader = eval_loader(cfg, cfg.DATA.VAL_LIST)
         cached["effective_masked_share"] = masked_share(cfg.MASK.TYPE, cfg.MASK.RATIO, tuple(model.grid_size),
-                                                        len(val_set))
+                                                        len(val_set), masking_kwargs(cfg))
         if "recon" in todo:
-            metrics.update(reconstruction(model, val_loader, cfg.MASK.TYPE, cfg.MASK.RATIO, device))
+            metrics.update(reconstruction(model, val_loader, cfg.MASK.TYPE, cfg.MASK.RATIO, device,
+                                          masking_kwargs(cfg)))
         if "knn" in todo or "probe" in todo:
             feats = cell_features(cfg, model, os.path.join(cell_dir, "compare_features.npz"), stamp, device)
             if "knn" in todo:

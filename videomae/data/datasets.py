@@ -18,6 +18,7 @@ its traceback. Evaluation never substitutes a video (`EvalVideoError`, or a `bad
 from __future__ import annotations
 
 import atexit
+import copy
 import os
 import signal
 import weakref
@@ -82,7 +83,7 @@ def channels_first(clips: list[torch.Tensor]) -> torch.Tensor:
 class VideoDataset(Dataset):
     def __init__(self, records: list[VideoRecord], mode: str, clip: ClipConfig | None = None,
                  transform=None, backend: str = "decord", decode_short_side: int | None = None,
-                 faults: FaultPolicy | None = None, seed: int = 0, skip_bad: bool = False):
+                 faults: FaultPolicy | None = None, seed: int = 0, skip_bad: bool = False, motion=None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.records, self.mode = records, mode
@@ -93,6 +94,7 @@ class VideoDataset(Dataset):
         self.faults = faults or FaultPolicy()
         self.seed, self.epoch = seed, 0
         self.skip_bad = skip_bad   # evaluation: hand out a "bad" item instead of raising
+        self.motion = motion       # training: a LoaderMotionMasks draws motion-guided masks per item
         if transform is None:
             size = self.clip.img_size
             transform = {"pretrain": lambda: pretrain_transform(size),
@@ -137,27 +139,58 @@ class VideoDataset(Dataset):
                                  c.num_clips if self.mode == "test" else 1, c.short_videos)
         return clips[clip_index if self.mode == "test" else 0]
 
-    def _load(self, index: int, rng: np.random.Generator, clip_index: int = 0, crop_index: int = 0):
+    def _load(self, index: int, rng: np.random.Generator, clip_index: int = 0, crop_index: int = 0,
+              place=None):
         record = self.records[index]
+        motion = self.motion if self.training else None
+        vectors = None
         with self.open(record) as reader:
             require_frames(reader, self.clip.min_frames)
             n = len(reader)
             repeats = self.clip.num_repeats if self.training else 1
             indices = self.clip_indices(n, rng, clip_index)
+            if motion is not None and motion.source != "diff" and hasattr(reader, "get_frames_and_motion"):
+                decoded, vectors = reader.get_frames_and_motion(indices)
+            else:
+                decoded = reader.get_frames(indices)
             # (T, C, H, W) view of channels-last memory: the layout uint8 resizing is fastest on
-            frames = torch.from_numpy(reader.get_frames(indices)).permute(0, 3, 1, 2)
+            frames = torch.from_numpy(decoded).permute(0, 3, 1, 2)
         # repeated sampling (MAE-ST repeat_aug, VideoMAE V2 num_sample): one decoded clip, K
         # independent spatial augmentations; the model then draws a different mask for each
         transform = self._test_crops[crop_index] if self.mode == "test" else self.transform
-        clips = channels_first([transform(frames, rng) if transform is not None else frames
-                                for _ in range(repeats)])  # K, C, T, H, W
+        clips, maps = [], []
+        for _ in range(repeats):
+            if vectors is not None:
+                # the motion map takes the clip's own crop, resize and flip: the same transform
+                # replaying the same draws (a copy of the generator; they depend on the size only)
+                maps.append(transform(torch.from_numpy(vectors)[:, None], copy.deepcopy(rng))[:, 0])
+            clips.append(transform(frames, rng) if transform is not None else frames)
         item = {"index": index, "label": record.label}
+        if motion is not None:
+            item.update(self._motion_masks(clips, maps, place or (0, self.epoch, index)))
+        clips = channels_first(clips)  # K, C, T, H, W
         if repeats > 1:
             item["video"] = clips
             item["label"] = torch.full((repeats,), record.label, dtype=torch.long)
         else:
             item["video"] = clips[0]
         return item
+
+    def _motion_masks(self, clips: list[torch.Tensor], maps: list[torch.Tensor], place) -> dict:
+        """Motion-guided masks (`videomae.masking.motion`) of the item's K transformed clips: a
+        (K, N) or, for K = 1, (N,) `mask` and the `motion_source` ("mv" or "diff"). `place` is the
+        item's (epoch, step, global row); a plain integer index is placed at (0, epoch, index)."""
+        from ..masking.motion import cube_scores, frame_difference_scores
+
+        motion = self.motion
+        epoch, step, row = place
+        grid = motion.grid(clips[0])
+        if maps:   # codec motion vector magnitudes, per pixel of each transformed clip
+            scores = [cube_scores(m, motion.tubelet, motion.patch) for m in maps]
+        else:
+            scores = [frame_difference_scores(clip, motion.tubelet, motion.patch) for clip in clips]
+        mask = motion.masks(torch.stack(scores), grid, epoch, step, row)
+        return {"mask": mask if len(clips) > 1 else mask[0], "motion_source": "mv" if maps else "diff"}
 
     # -- items ----------------------------------------------------------------------------------
     def __getitem__(self, i: int) -> dict:
@@ -180,7 +213,7 @@ class VideoDataset(Dataset):
             key = [*place, attempt] if place is not None else [self.epoch, index, attempt]
             rng = np.random.default_rng([self.seed, *key])
             try:
-                item = self._load(index, rng)
+                item = self._load(index, rng, place=place)
             except VideoDecodeError as err:   # only an unusable file; anything else is a bug
                 failures.append((index, " ".join(str(err).split())))
                 index = int(rng.integers(len(self.records)))
@@ -227,6 +260,8 @@ def collate_clips(batch: list[dict]) -> dict:
         out["video"] = video.flatten(0, 1)
         out["label"] = out["label"].flatten(0, 1)
         out["index"] = out["index"].repeat_interleave(k)
+        if "mask" in out:
+            out["mask"] = out["mask"].flatten(0, 1)
     return out
 
 

@@ -144,6 +144,7 @@ class PyAVReader(VideoReader):
         import av
 
         self.name = _name(source)
+        self._export_mvs = False
         try:
             self._container = av.open(_as_file(source))
             if not self._container.streams.video:
@@ -179,7 +180,7 @@ class PyAVReader(VideoReader):
             return frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BILINEAR")
         return frame.to_ndarray(format="rgb24")
 
-    def get_frames(self, indices) -> np.ndarray:
+    def get_frames(self, indices, on_frame=None) -> np.ndarray:
         indices = self._check(indices)
         wanted = sorted(set(indices))
         index_of_pts = {pts: i for i, pts in enumerate(self._pts)}
@@ -192,6 +193,8 @@ class PyAVReader(VideoReader):
                     continue
                 if i in wanted and i not in out:
                     out[i] = self._to_rgb(frame)
+                    if on_frame is not None:
+                        on_frame(i, frame)
                 if i >= wanted[-1]:
                     break
         except Exception as err:
@@ -200,6 +203,42 @@ class PyAVReader(VideoReader):
         if missing:
             raise VideoDecodeError(f"{self.name}: frames {missing[:5]} could not be decoded (truncated file?)")
         return np.stack([out[i] for i in indices])
+
+    def get_frames_and_motion(self, indices):
+        """(frames, motion): the frames of `get_frames` and per frame the codec's motion vector
+        magnitudes as float32 (T, H, W) at the frames' size, in pixels of that size -- or None when
+        no sampled frame carries motion vectors (an intra-only clip). A sampled frame without
+        vectors (a keyframe) takes the map of the nearest sampled frame that has them."""
+        from ..masking.motion import motion_vector_map
+
+        if not self._export_mvs:
+            # the decoder reads its options when it opens, on the first decoded packet
+            self._stream.codec_context.options = {**self._stream.codec_context.options, "flags2": "+export_mvs"}
+            self._export_mvs = True
+        maps: dict[int, np.ndarray | None] = {}
+
+        def keep(i, frame):
+            side = frame.side_data.get("MOTION_VECTORS") if hasattr(frame.side_data, "get") else None
+            if side is None:
+                maps[i] = None
+                return
+            magnitude = motion_vector_map(side.to_ndarray(), frame.height, frame.width)
+            h, w = self._size
+            if (h, w) != magnitude.shape:
+                import torch
+                import torch.nn.functional as F
+                magnitude = F.interpolate(torch.from_numpy(magnitude)[None, None], size=(h, w),
+                                          mode="area" if h < frame.height else "nearest")[0, 0].numpy()
+                magnitude *= w / frame.width   # vectors in pixels of the output size
+            maps[i] = magnitude
+
+        frames = self.get_frames(indices, on_frame=keep)
+        have = [i for i in sorted(maps) if maps[i] is not None]
+        if not have:
+            return frames, None
+        near = {i: maps[i] if maps[i] is not None else maps[min(have, key=lambda j: (abs(j - i), j))]
+                for i in maps}
+        return frames, np.stack([near[i] for i in self._check(indices)])
 
     def close(self) -> None:
         self._container.close()

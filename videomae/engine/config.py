@@ -50,6 +50,9 @@ C.MASK.TYPE = "tube"
 C.MASK.RATIO = 0.9
 C.MASK.DECODER_TYPE = ""             # "running_cell" for VideoMAE V2 dual masking
 C.MASK.DECODER_RATIO = 0.5
+C.MASK.MOTION_TEMPERATURE = 0.25     # motion: Gumbel noise scale on per-clip motion ranks (docs/motion_masking.md)
+C.MASK.MOTION_TUBE = False           # motion: score per spatial position over time, mask whole tubes
+C.MASK.MOTION_SOURCE = "auto"        # motion: auto (codec motion vectors with PyAV, else frame differences) | mv | diff
 
 C.DATA = CfgNode()
 C.DATA.DATASET = "ssv2"              # ssv2 | kinetics | synthetic | custom: picks flip/sampling defaults

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import threading
 from typing import NamedTuple
 
@@ -294,7 +295,27 @@ def build_dataset(cfg, split: str) -> VideoDataset:
     # bad training videos are counted and judged over the whole run by the trainer (engine.bad_videos)
     return VideoDataset(records, split, clip, transform=transform, backend=cfg.DATA.BACKEND,
                         decode_short_side=cfg.DATA.DECODE_SHORT_SIDE or None, faults=FaultPolicy(), seed=cfg.SEED,
-                        skip_bad=cfg.DATA.EVAL_SKIP_BAD and split in ("val", "test"))
+                        skip_bad=cfg.DATA.EVAL_SKIP_BAD and split in ("val", "test"),
+                        motion=loader_motion_masks(cfg) if split == "pretrain" else None)
+
+
+def loader_motion_masks(cfg):
+    """MASK.TYPE motion: what the loader workers need to draw the masks (they see the pixels and
+    the codec's motion vectors); None for every other strategy."""
+    if cfg.MASK.TYPE != "motion":
+        return None
+    from ..masking.motion import LoaderMotionMasks, MotionMasking
+    from ..models.factory import create_model
+
+    named = re.search(r"_patch(\d+)_", cfg.MODEL.NAME)   # our names say it; a model of your own is asked
+    patch = cfg.MODEL.PATCH_SIZE or (int(named.group(1)) if named else create_model(
+        cfg.MODEL.NAME, num_frames=cfg.MODEL.NUM_FRAMES, img_size=cfg.MODEL.IMG_SIZE,
+        tubelet_size=cfg.MODEL.TUBELET_SIZE, depth=1).patch_size)
+    if cfg.MASK.MOTION_SOURCE == "mv" and cfg.DATA.BACKEND != "pyav":
+        raise ConfigError(f"MASK.MOTION_SOURCE mv needs DATA.BACKEND pyav (the backend that exports motion "
+                          f"vectors), got {cfg.DATA.BACKEND}; or use MASK.MOTION_SOURCE auto or diff")
+    strategy = MotionMasking(cfg.MASK.RATIO, cfg.MASK.MOTION_TEMPERATURE, cfg.MASK.MOTION_TUBE)
+    return LoaderMotionMasks(strategy, cfg.MODEL.TUBELET_SIZE, patch, cfg.SEED, cfg.MASK.MOTION_SOURCE)
 
 
 def model_classes(cfg) -> int | None:
@@ -336,6 +357,8 @@ def build_train_loader(cfg, dataset: VideoDataset, world: int, rank: int):
     part_size = -(-batch // min(workers, batch)) if workers > 0 else batch
     sampler = GlobalBatchSampler(len(dataset), batch, world, rank, cfg.TRAIN.ACCUM_STEPS, cfg.SEED,
                                  epochs=cfg.TRAIN.EPOCHS, part_size=part_size)
+    if getattr(dataset, "motion", None) is not None:   # items count steps per epoch, masks per run
+        dataset.motion.steps_per_epoch = sampler.steps_per_epoch
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_clips,
         pin_memory=False, persistent_workers=workers > 0,   # pinning happens when the parts are joined

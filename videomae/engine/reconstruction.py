@@ -34,9 +34,16 @@ def eval_config(cfg, list_name: str, skip_bad: bool = False):
     return cfg
 
 
-def item_masks(strategy, indices: torch.Tensor, grid, device) -> torch.Tensor:
-    """Masks for validation items `indices`, each a function of (COMMON_MASK_SEED, item) only."""
+def item_masks(strategy, indices: torch.Tensor, grid, device, video=None, model=None) -> torch.Tensor:
+    """Masks for validation items `indices`, each a function of (COMMON_MASK_SEED, item) only --
+    and, for a strategy that scores the pixels (motion masking), of the items' uint8 `video`: its
+    frame differences (the validation loader decodes no motion vectors)."""
     gen = RowGenerator(COMMON_MASK_SEED, 0, indices.to(torch.int64), "mask", device)
+    if video is not None and hasattr(strategy, "from_scores"):
+        from ..masking.motion import batch_frame_difference_scores
+
+        scores = batch_frame_difference_scores(video, model.tubelet_size, model.patch_size)
+        return strategy.from_scores(scores, gen, grid)
     return strategy.draw_rows(gen, grid)
 
 
@@ -58,7 +65,7 @@ def loss_sums(model, batches, strategies: dict, device) -> tuple[dict, int]:
                 continue
             video = normalize_on_device(batch["video"], device).to(dtype)
             for key, strategy in strategies.items():
-                mask = item_masks(strategy, batch["index"], grid, device)
+                mask = item_masks(strategy, batch["index"], grid, device, batch["video"], model)
                 sums[key] += float(model(video, mask).loss) * video.shape[0]
             clips += video.shape[0]
     finally:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..masking import build_masking, validate_mask
+from ..masking.motion import masking_kwargs
 from ..models.factory import create_model
 from ..models.targets import IMAGENET_MEAN, IMAGENET_STD
 from ..seeding import RowGenerator
@@ -78,11 +79,12 @@ class PretrainTask:
     def __init__(self, cfg):
         self.cfg = cfg
         self.log = print  # the trainer hands in its logger
-        self.mask = build_masking(cfg.MASK.TYPE, cfg.MASK.RATIO)
+        self.mask = build_masking(cfg.MASK.TYPE, cfg.MASK.RATIO, **masking_kwargs(cfg))
         self.decoder_mask = build_masking(cfg.MASK.DECODER_TYPE, cfg.MASK.DECODER_RATIO) \
             if cfg.MASK.DECODER_TYPE else None
         self._validated = False  # masks are checked on the first step, then when ctx.validate says
         self._validation = None
+        self._motion_logged = False
 
     def build_model(self) -> torch.nn.Module:
         m = self.cfg.MODEL
@@ -150,13 +152,14 @@ class PretrainTask:
             if self.decoder_mask is not None else None
         return (video, mask), {"decoder_mask": decoder_mask}
 
-    def masks(self, model, clips_per_micro: int, ctx: StepContext, device):
+    def masks(self, model, clips_per_micro: int, ctx: StepContext, device, loaded=None):
         """Masks of this micro-batch's own global rows, per the seeding protocol: each row's mask
         depends on (SEED, step, row) only, so a rank draws O(local batch) whatever the world size.
 
         Returns (mask, decoder_mask, num_masked, num_decoder_masked); the counts come from the
         strategy (no device read) or, for a strategy that does not state one, from the mask. Masks
-        are validated on the first call and whenever `ctx.validate` is set."""
+        are validated on the first call and whenever `ctx.validate` is set. `loaded`: encoder masks
+        the loader drew (MASK.TYPE motion: they need the pixels), used instead of drawing."""
         grid = tuple(model.grid_size)
         check = ctx.validate or not self._validated
         out = []
@@ -164,7 +167,10 @@ class PretrainTask:
             if strategy is None:
                 out += [None, None]
                 continue
-            mask = strategy.draw_rows(ctx.rows(clips_per_micro, stream, device), grid)
+            if stream == "mask" and loaded is not None:   # drawn by the loader (motion masking)
+                mask = loaded.to(device, non_blocking=True)
+            else:
+                mask = strategy.draw_rows(ctx.rows(clips_per_micro, stream, device), grid)
             count = strategy.known_count(grid)
             if check or count is None:
                 name = f"{stream} from masking strategy {strategy.name!r}"
@@ -177,7 +183,16 @@ class PretrainTask:
     def train_step(self, engine, batch: dict, ctx: StepContext):
         model = engine.module
         video = normalize_on_device(batch["video"], engine.device)
-        mask, decoder_mask, count, decoder_count = self.masks(model, video.shape[0], ctx, engine.device)
+        loaded = batch.get("mask")
+        if loaded is None and self.cfg.MASK.TYPE == "motion":
+            raise ValueError("MASK.TYPE motion needs masks from the training loader (batch['mask']); "
+                             "this batch has none")
+        if "motion_source" in batch and not self._motion_logged:
+            sources = batch["motion_source"]
+            self.log(f"motion masks: {sources.count('mv')} of {len(sources)} videos of the first batch scored by "
+                     f"codec motion vectors, {sources.count('diff')} by frame differences")
+            self._motion_logged = True
+        mask, decoder_mask, count, decoder_count = self.masks(model, video.shape[0], ctx, engine.device, loaded)
         noise = drop_path_noise(model, ctx, video.shape[0], engine.device)
         out = engine(video, mask, decoder_mask=decoder_mask, num_masked=count,
                      num_decoder_masked=decoder_count, drop_noise=noise)
