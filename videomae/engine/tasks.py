@@ -83,9 +83,16 @@ class PretrainTask:
         self._validation = None
 
     def build_model(self) -> torch.nn.Module:
+        from ..models.factory import MODELS
+        from ..targets import target_from_config
+
         m = self.cfg.MODEL
-        model = create_model(m.NAME, decoder_depth=m.DECODER_DEPTH, norm_target=m.NORM_TARGET,
-                             **model_kwargs(self.cfg))
+        target = target_from_config(self.cfg)
+        kwargs = model_kwargs(self.cfg)
+        if m.NAME in MODELS or target.name not in ("pixel", "pixel_raw"):
+            kwargs["target"] = target   # a timm model of your own gets it only when it must
+        model = create_model(m.NAME, decoder_depth=m.DECODER_DEPTH, norm_target=target.name != "pixel_raw",
+                             **kwargs)
         if not hasattr(model, "decoder"):
             raise ValueError(f"MODEL.NAME={m.NAME} is not a pretraining model; use a "
                              "pretrain_videomae_* name for TASK pretrain")
@@ -93,6 +100,9 @@ class PretrainTask:
             from ..convert import load_checkpoint
             self.log(str(load_checkpoint(model, m.PRETRAINED)))
         self.log(self.describe_masking(tuple(model.grid_size)))
+        enc = getattr(getattr(model, "cfg", None), "encoder", None)
+        width = f", {target.width(enc)} values per token" if enc is not None else ""
+        self.log(f"target: {target.name}{width} ({target!r})")
         self.has_eval = self._validation_wanted()
         return model
 
