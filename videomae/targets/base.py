@@ -70,6 +70,9 @@ def target_from_config(cfg) -> "ReconstructionTarget":
 
 class ReconstructionTarget:
     name = "base"
+    # True when a token's values are its cube's pixels in (dt, dy, dx, c) order (a picture can be made
+    # of them); pictures of other targets show the per-cube loss instead
+    pixel_layout = False
 
     @classmethod
     def from_config(cls, cfg) -> "ReconstructionTarget":

@@ -23,6 +23,7 @@ class FrameDiffTarget(ReconstructionTarget):
     (all zeros) stays zero."""
 
     eps = 1e-6
+    pixel_layout = True
 
     def width(self, enc) -> int:
         return cube_width(enc)

@@ -15,6 +15,7 @@ class PixelTarget(ReconstructionTarget):
     cube's mean and unbiased std: `(x - mean) / (std + 1e-6)` (official VideoMAE, norm_pix_loss)."""
 
     normalize = True
+    pixel_layout = True
 
     def width(self, enc) -> int:
         return cube_width(enc)
