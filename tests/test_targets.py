@@ -312,3 +312,59 @@ def test_reconstruction_picture_per_target(tmp_path, name, monkeypatch):
         h, w = divmod(token, 4)
         want = float(per_token[token - 5]) if 5 <= token < 29 else 0.0
         assert float(frame[h * 8, w * 8]) == pytest.approx(want, abs=1e-6)
+
+
+# -- the comparison runner ---------------------------------------------------------------------------
+def test_compare_cells_per_target_and_the_target_column(tmp_path):
+    import argparse
+    import csv
+
+    from helpers import ROOT
+    from videomae.compare.report import write_report
+    from videomae.compare.runner import plan
+
+    args = argparse.Namespace(strategies="tube,random", ratios="0.9", seeds="0,1", eval="knn",
+                              targets="pixel,hog")
+    cells, evals = plan(args)
+    assert [c.name for c in cells[:4]] == ["pixel-tube-0.9-s0", "pixel-tube-0.9-s1", "pixel-random-0.9-s0",
+                                           "pixel-random-0.9-s1"]
+    assert len(cells) == 8 and cells[4].name == "hog-tube-0.9-s0"
+    over = cells[4].overrides(str(tmp_path))
+    assert over[over.index("MODEL.TARGET") + 1] == "hog"
+    # without --targets: the cells and their folders as before, the config's target in the column
+    plain, _ = plan(argparse.Namespace(strategies="tube", ratios="0.9", seeds="0", eval="knn", targets=""))
+    assert plain[0].name == "tube-0.9-s0" and "MODEL.TARGET" not in plain[0].overrides(str(tmp_path))
+
+    base = load_config(str(ROOT / "configs/demo/pretrain.yaml"))
+    done = [(c, {"steps": 10, "wall_seconds": 1.0},
+             {"effective_masked_share": 0.9, "metrics": {"knn_top1": 10.0 * i}}) for i, c in enumerate(cells)]
+    write_report(str(tmp_path), base, "configs/demo/pretrain.yaml", [], cells, evals, done)
+    with open(tmp_path / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["target"], r["strategy"], r["seed"]) for r in rows[3:5]] == [("pixel", "random", "1"), ("hog", "tube", "0")]
+    text = (tmp_path / "summary.md").read_text()
+    assert "| hog / random | 90.0% | 65.0 ± 7.1 (2) |" in text
+    assert "reconstruction targets: pixel, hog" in text
+    write_report(str(tmp_path), base, "configs/demo/pretrain.yaml", [], plain, evals,
+                 [(plain[0], {"steps": 10, "wall_seconds": 1.0}, {"effective_masked_share": 0.9,
+                                                                  "metrics": {"knn_top1": 1.0}})])
+    with open(tmp_path / "results.csv") as handle:
+        assert next(csv.DictReader(handle))["target"] == "pixel_raw"   # the demo config's MODEL.TARGET
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--targets", "pixel,hogg"], "unknown reconstruction target hogg"),
+    (["--targets", "pixel,hog", "MODEL.TARGET", "hog"], "MODEL.TARGET set per cell by --targets"),
+])
+def test_compare_target_usage_errors(tmp_path, capsys, extra, message):
+    import importlib.util
+
+    from helpers import ROOT
+    from videomae.cli import run_tool
+
+    spec = importlib.util.spec_from_file_location("compare_masking", ROOT / "tools" / "compare_masking.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    code = run_tool(tool.main, ["--config", str(ROOT / "configs/demo/pretrain.yaml"), "--out", str(tmp_path), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err
