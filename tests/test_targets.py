@@ -264,6 +264,18 @@ def test_tiny_run_lowers_the_loss(tmp_path, synthetic_root, target):
     lowered(losses(tmp_path / "run"), target)
     saved = torch.load(tmp_path / "run" / "model.pt", map_location="cpu", weights_only=True)["model"]
     assert not any(k.startswith("teacher") for k in saved)
+    if target == "teacher":   # the picture: the teacher comes back from the stored config's checkpoint
+        check_visualize(tmp_path / "run" / "model.pt", synthetic_root, tmp_path / "pictures", "teacher")
+
+
+def check_visualize(checkpoint, data_root, out, target):
+    from helpers import run_tool
+
+    video = sorted((data_root / "videos").glob("val_*.mp4"))[0]
+    result = run_tool("tools/visualize.py", "--checkpoint", checkpoint, "--video", video, "--masks", "tube",
+                      "--out", out)
+    assert f"target {target}: no pixels to reconstruct" in result.stdout
+    assert (out / f"{video.stem}.png").stat().st_size > 0 and "loss" in result.stdout
 
 
 @pytest.mark.slow
@@ -280,6 +292,7 @@ def test_hog_run_lowers_the_loss_and_resumes_exactly(tmp_path, synthetic_root):
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-5, atol=1e-6)
     weights = torch.load(straight / "model.pt", map_location="cpu", weights_only=True)["model"]
     assert weights["decoder.head.weight"].shape[0] == 2 * 3 * 9   # one 8x8 cell per 8x8 cube, 2 frames
+    check_visualize(straight / "model.pt", synthetic_root, tmp_path / "pictures", "hog")
 
 
 # -- pictures ----------------------------------------------------------------------------------------
