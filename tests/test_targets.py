@@ -381,3 +381,21 @@ def test_compare_target_usage_errors(tmp_path, capsys, extra, message):
     code = run_tool(tool.main, ["--config", str(ROOT / "configs/demo/pretrain.yaml"), "--out", str(tmp_path), *extra])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err
+
+
+@pytest.mark.parametrize("name", ["frame_diff", "hog", "teacher"])
+def test_pretraining_forward_with_a_target_compiles_as_one_graph(name, tmp_path):
+    import torch._dynamo
+
+    kw = dict(img_size=16, patch_size=8, num_frames=4, tubelet_size=2, depth=1)
+    if name == "teacher":
+        torch.save(build_pretrain_model("tiny", **kw).state_dict(), tmp_path / "t.pt")
+        target = TeacherTarget.load("pretrain_videomae_tiny_patch16_224", str(tmp_path / "t.pt"), norm=True, **kw)
+    else:
+        target = build_target(name)
+    model = build_pretrain_model("tiny", target=target, decoder_depth=1, **kw).train()
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[:, 2:] = True
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(random_clip((2, 3, 4, 16, 16)), mask, num_masked=6)
+    assert [str(b.reason) for b in explained.break_reasons] == [] and explained.graph_count == 1

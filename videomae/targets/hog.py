@@ -22,7 +22,6 @@ undoes, so the target does not depend on the input normalization beyond float ro
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -34,28 +33,28 @@ from .base import ReconstructionTarget, gather_tokens, register_target
 NBINS, CELL, WINDOW = 9, 8, 16
 
 
-def gaussian_window(size: int = WINDOW, std: float | None = None) -> torch.Tensor:
+def gaussian_window(size: int = WINDOW, std: float | None = None, device=None) -> torch.Tensor:
     """(size, size) float32 Gaussian, std size / 2 by default, normalized to sum 1."""
     std = size / 2 if std is None else std
-    n = (torch.arange(size, dtype=torch.float32) - (size - 1) / 2) / std
+    n = (torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2) / std
     w = torch.exp(-0.5 * n ** 2)
     k = torch.outer(w, w)
     return k / k.sum()
 
 
-@functools.lru_cache(maxsize=None)
-def _constants(device: torch.device, channels: int):
-    """Sobel kernels for a grouped conv, and the Gaussian window, made once per device (no host copy
-    per step)."""
-    kx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
-    kx = kx.view(1, 1, 3, 3).repeat(channels, 1, 1, 1)
-    return kx.to(device), kx.transpose(2, 3).contiguous().to(device), gaussian_window().to(device)
+def sobel_kernels(channels: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, 1, 3, 3) kx = [[1, 0, -1], [2, 0, -2], [1, 0, -1]] and ky = kx transposed, for a grouped
+    conv. Made on the device from arange (no host-to-device copy per step, nothing cached)."""
+    i = torch.arange(3, dtype=torch.float32, device=device) - 1
+    kx = torch.outer(2 - i.abs(), i.flip(0))        # smoothing [1, 2, 1] down, difference [1, 0, -1] across
+    return kx.expand(channels, 1, 3, 3), kx.t().expand(channels, 1, 3, 3)
 
 
 def hog_frames(frames: torch.Tensor, nbins: int = NBINS, cell: int = CELL) -> torch.Tensor:
     """(F, C, H, W) float frames -> (F, C, nbins, H / cell, W / cell) L2-normalized histograms."""
     n, c, h, w = frames.shape
-    kx, ky, window = _constants(frames.device, c)
+    kx, ky = sobel_kernels(c, frames.device)
+    window = gaussian_window(device=frames.device)
     padded = F.pad(frames, (1, 1, 1, 1), mode="reflect")
     gx = F.conv2d(padded, kx, groups=c)
     gy = F.conv2d(padded, ky, groups=c)
