@@ -336,7 +336,7 @@ def test_compare_cells_per_target_and_the_target_column(tmp_path):
     from videomae.compare.report import write_report
     from videomae.compare.runner import plan
 
-    args = argparse.Namespace(strategies="tube,random", ratios="0.9", seeds="0,1", eval="knn",
+    args = argparse.Namespace(strategies="tube,random", ratios="0.9", seeds="0,1", eval="recon,knn",
                               targets="pixel,hog")
     cells, evals = plan(args)
     assert [c.name for c in cells[:4]] == ["pixel-tube-0.9-s0", "pixel-tube-0.9-s1", "pixel-random-0.9-s0",
@@ -350,15 +350,21 @@ def test_compare_cells_per_target_and_the_target_column(tmp_path):
 
     base = load_config(str(ROOT / "configs/demo/pretrain.yaml"))
     done = [(c, {"steps": 10, "wall_seconds": 1.0},
-             {"effective_masked_share": 0.9, "metrics": {"knn_top1": 10.0 * i}}) for i, c in enumerate(cells)]
+             {"effective_masked_share": 0.9, "metrics": {"recon_common": 0.1 * i, "recon_own": 0.1 * i,
+                                                         "knn_top1": 10.0 * i}}) for i, c in enumerate(cells)]
     write_report(str(tmp_path), base, "configs/demo/pretrain.yaml", [], cells, evals, done)
     with open(tmp_path / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["target"], r["strategy"], r["seed"]) for r in rows[3:5]] == [("pixel", "random", "1"), ("hog", "tube", "0")]
+    assert [(r["target"], r["strategy"], r["seed"]) for r in rows[9:11:1]] == [("pixel", "random", "1"), ("pixel", "random", "1")]
+    assert [(r["target"], r["strategy"], r["metric"]) for r in rows[12:13]] == [("hog", "tube", "recon_common")]
     text = (tmp_path / "summary.md").read_text()
-    assert "| hog / random | 90.0% | 65.0 ± 7.1 (2) |" in text
+    line = next(row for row in text.splitlines() if row.startswith("| hog / random | 90.0% |"))
+    assert line.endswith("| 65.0 ± 7.1 (2) |")   # knn of cells 6 and 7
     assert "reconstruction targets: pixel, hog" in text
-    write_report(str(tmp_path), base, "configs/demo/pretrain.yaml", [], plain, evals,
+    assert "| hog / tube | knn_top1 | 40.0 ± 0.0 (2) |" in text   # hog - pixel, seed by seed: 40 and 40
+    # a reconstruction loss is differenced within a target only (a HOG loss is not on the pixel scale)
+    assert "| pixel / random | recon_common | 0.2 ± " in text and "| hog / tube | recon_common" not in text
+    write_report(str(tmp_path), base, "configs/demo/pretrain.yaml", [], plain, ["knn"],
                  [(plain[0], {"steps": 10, "wall_seconds": 1.0}, {"effective_masked_share": 0.9,
                                                                   "metrics": {"knn_top1": 1.0}})])
     with open(tmp_path / "results.csv") as handle:

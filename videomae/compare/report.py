@@ -115,12 +115,16 @@ def summary_text(base, config: str, overrides, cells, evals, done) -> str:
                 mean, std = mean_std(vals)
                 cols.append(f"{fmt(m, mean)} ± {fmt(m, std) if std is not None else '-'} ({len(vals)})")
             lines.append(f"| {s} | {share:.1%} | " + " | ".join(cols) + " |")
-        lines += paired_differences(strategies, ratio, seeds, metrics, by_cell)
+        lines += paired_differences(strategies, ratio, seeds, metrics, by_cell,
+                                    {c.label: c.target for c in cells})
     return "\n".join(lines) + "\n"
 
 
-def paired_differences(strategies, ratio, seeds, metrics, by_cell) -> list[str]:
+def paired_differences(strategies, ratio, seeds, metrics, by_cell, target_of=None) -> list[str]:
+    """`target_of`: each row's target; a reconstruction loss is not differenced across targets (each
+    is in its own target's units)."""
     first = strategies[0]
+    target_of = target_of or {}
     others = [s for s in strategies[1:]]
     if not others or not metrics:
         return []
@@ -130,6 +134,8 @@ def paired_differences(strategies, ratio, seeds, metrics, by_cell) -> list[str]:
     notes = []
     for s in others:
         for m in metrics:
+            if m.startswith("recon") and target_of.get(s, "") != target_of.get(first, ""):
+                continue
             pairs = [(by_cell[(s, ratio, seed)][1]["metrics"][m], by_cell[(first, ratio, seed)][1]["metrics"][m])
                      for seed in seeds if (s, ratio, seed) in by_cell and (first, ratio, seed) in by_cell]
             if not pairs:
