@@ -10,7 +10,8 @@ expensive one; its budget is that config's).
 Each cell pretrains with tools/train.py in DIR/cells/<strategy>-<ratio>-s<seed> (KEY VALUE pairs
 apply to every cell; MASK.TYPE, MASK.RATIO, SEED and OUTPUT_DIR are set per cell). The same command
 again skips finished cells and resumes unfinished ones; a cell whose stored config differs is
-refused with the keys named. `--collect` only builds the report, from the cells already finished
+refused with the keys named. `--targets pixel,hog,frame_diff` adds MODEL.TARGET to the cells (folders
+DIR/cells/<target>-<strategy>-<ratio>-s<seed>), filling the report's `target` column. `--collect` only builds the report, from the cells already finished
 and evaluated. Writes DIR/results.csv, DIR/summary.md and DIR/summary.png (docs/compare.md).
 
 `--slurm` submits the cells as one SLURM job array instead (one task per cell, preemption handled
@@ -32,6 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, help="pretraining config (TASK pretrain)")
     parser.add_argument("--strategies", default="tube,random,frame", help="registered masking strategies")
     parser.add_argument("--ratios", default="0.9", help="MASK.RATIO values")
+    parser.add_argument("--targets", default="", help="reconstruction targets (MODEL.TARGET), e.g. pixel,hog,frame_diff: "
+                                                      "one set of cells per target (default: the config's target)")
     parser.add_argument("--seeds", default="0,1,2", help="SEED values; cells of one seed are paired")
     parser.add_argument("--eval", default="recon,knn,probe", help="any of recon, knn, probe, finetune")
     parser.add_argument("--finetune-config", default="",

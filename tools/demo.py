@@ -117,7 +117,7 @@ def fine_tune_table(seeds: list[int], results: dict, seconds: dict) -> list[str]
                      + f" | **{statistics.fmean(top1[start]):.1f}** | {min(top1[start]):.1f}-{max(top1[start]):.1f}"
                      f" | {statistics.fmean(top5[start]):.1f} | {statistics.fmean(seconds[start]):.0f} s |")
     diffs = [a - b for a, b in zip(top1["pretrained"], top1["scratch"])]
-    lines += ["", f"Paired difference (pretrained - scratch, same seed): "
+    lines += ["", "Paired difference (pretrained - scratch, same seed): "
               + ", ".join(f"{d:+.1f}" for d in diffs) + f"; mean {statistics.fmean(diffs):+.1f}, range "
               f"{min(diffs):+.1f} to {max(diffs):+.1f}.", "",
               "**" + range_verdict("pretrained", top1["pretrained"], "scratch", top1["scratch"]) + "**"]

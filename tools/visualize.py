@@ -8,7 +8,9 @@ side by side on the same clip, with each strategy's masked-cube loss.
 Our model.pt files carry their config, read as data (its IMPORTS are not imported: name a plugin on
 the command line, IMPORTS my_plugin.py); other checkpoints need `--config`. The clip is the centre
 dense clip of each video (the config's frames and sampling rate), short side resized and
-centre-cropped to the model's size. The checkpoint must hold the decoder (ours, official VideoMAE
+centre-cropped to the model's size. A model trained on pixels (MODEL.TARGET pixel, pixel_raw,
+frame_diff) shows targets and predictions; one trained on HOG or teacher features shows each
+masked cube's loss instead (a teacher target loads MODEL.TEACHER_CHECKPOINT). The checkpoint must hold the decoder (ours, official VideoMAE
 pretraining files, HF `VideoMAEForPreTraining`); an encoder-only or fine-tuned checkpoint
 cannot reconstruct and is refused. Writes `<out>/<video name>.png` (default out: `reconstructions`
 next to the checkpoint, or under OUTPUT_DIR given on the command line) and prints one line per
@@ -97,6 +99,9 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     model.float().eval()
+    target = getattr(model, "target", None)
+    if target is not None and not target.pixel_layout:
+        print(f"target {target.name}: no pixels to reconstruct; the pictures show each masked cube's loss")
     out_dir = args.out or os.path.join(cfg.OUTPUT_DIR, "reconstructions")
     strategies = {name: build_masking(name, cfg.MASK.RATIO) for name in names}
     os.makedirs(out_dir, exist_ok=True)

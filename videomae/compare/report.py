@@ -10,7 +10,7 @@ import subprocess
 
 from .evaluate import COMMON_MASK_SEED, KNN_K, KNN_TEMPERATURE, METRICS, PROBE_WEIGHT_DECAY
 
-COLUMNS = ["strategy", "ratio", "effective_masked_share", "seed", "metric", "value", "steps", "wall_seconds",
+COLUMNS = ["target", "strategy", "ratio", "effective_masked_share", "seed", "metric", "value", "steps", "wall_seconds",
            "checkpoint"]
 DESCRIPTIONS = {
     "recon_common": "masked-cube loss on the val list under the common mask (random masking at MASK.RATIO, "
@@ -41,11 +41,18 @@ def fmt(metric: str, value: float) -> str:
     return f"{value:.1f}" if metric.endswith("top1") else f"{value:.4g}"
 
 
-def rows_of(out: str, done) -> list[dict]:
+def config_target(base) -> str:
+    from ..targets import resolve_target_name
+
+    return resolve_target_name(base.MODEL.TARGET, base.MODEL.NORM_TARGET)
+
+
+def rows_of(out: str, done, target: str = "pixel") -> list[dict]:
+    """`target`: the config's, for cells that do not set their own."""
     rows = []
     for cell, record, result in done:
         for metric, value in result["metrics"].items():
-            rows.append({"strategy": cell.strategy, "ratio": f"{cell.ratio:g}",
+            rows.append({"target": cell.target or target, "strategy": cell.strategy, "ratio": f"{cell.ratio:g}",
                          "effective_masked_share": f"{result['effective_masked_share']:.6g}", "seed": cell.seed,
                          "metric": metric, "value": f"{value:.8g}", "steps": record["steps"],
                          "wall_seconds": record["wall_seconds"],
@@ -59,13 +66,14 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
 
 def summary_text(base, config: str, overrides, cells, evals, done) -> str:
     metrics = [m for e in evals for m in METRICS[e]]
-    strategies = list(dict.fromkeys(c.strategy for c in cells))
+    strategies = list(dict.fromkeys(c.label for c in cells))
     ratios = list(dict.fromkeys(c.ratio for c in cells))
     seeds = list(dict.fromkeys(c.seed for c in cells))
-    by_cell = {(c.strategy, c.ratio, c.seed): (record, result) for c, record, result in done}
+    by_cell = {(c.label, c.ratio, c.seed): (record, result) for c, record, result in done}
+    targets = list(dict.fromkeys(c.target for c in cells if c.target))
     steps = sorted({record["steps"] for _, record, _ in done})
     clips = base.TRAIN.BATCH_SIZE * base.DATA.NUM_REPEATS * base.TRAIN.ACCUM_STEPS
-    left_out = [c.name for c in cells if (c.strategy, c.ratio, c.seed) not in by_cell]
+    left_out = [c.name for c in cells if (c.label, c.ratio, c.seed) not in by_cell]
     walls = [record["wall_seconds"] for _, record, _ in done]
     lines = [
         "# Masking-strategy comparison",
@@ -77,8 +85,11 @@ def summary_text(base, config: str, overrides, cells, evals, done) -> str:
         f"{base.TRAIN.ACCUM_STEPS}, one process), TRAIN.EPOCHS {base.TRAIN.EPOCHS}"
         + (f", TRAIN.MAX_STEPS {base.TRAIN.MAX_STEPS}" if base.TRAIN.MAX_STEPS else "")
         + ("" if len(steps) <= 1 else " -- **the cells did not train for the same number of steps**"),
+        f"- reconstruction target: {config_target(base)} (MODEL.TARGET)" if not targets else
+        f"- reconstruction targets: {', '.join(targets)} (MODEL.TARGET per cell); recon_common and recon_own are "
+        "each target's own loss, in its own units: compare them within a target, k-NN and probe across targets",
         f"- seeds: {', '.join(map(str, seeds))}; cells of one seed share data order, initialisation and "
-        "augmentation, only the masks differ",
+        "augmentation, only the masks" + (" and targets" if targets else "") + " differ",
         f"- cells: {len(done)} of {len(cells)}" + (f" (left out, not finished: {', '.join(left_out)})" if left_out
                                                     else ""),
         f"- wall time of pretraining: {statistics.fmean(walls):.0f} s per cell, {sum(walls):.0f} s in all"
@@ -91,7 +102,7 @@ def summary_text(base, config: str, overrides, cells, evals, done) -> str:
     ]
     for ratio in ratios:
         lines += ["", f"## MASK.RATIO {ratio:g}", "",
-                  "| strategy | masked share | " + " | ".join(f"{m} (mean ± std, n)" for m in metrics) + " |",
+                  f"| {'target / strategy' if targets else 'strategy'} | masked share | " + " | ".join(f"{m} (mean ± std, n)" for m in metrics) + " |",
                   "|---|---|" + "---|" * len(metrics)]
         values = {}
         for s in strategies:
@@ -106,12 +117,16 @@ def summary_text(base, config: str, overrides, cells, evals, done) -> str:
                 mean, std = mean_std(vals)
                 cols.append(f"{fmt(m, mean)} ± {fmt(m, std) if std is not None else '-'} ({len(vals)})")
             lines.append(f"| {s} | {share:.1%} | " + " | ".join(cols) + " |")
-        lines += paired_differences(strategies, ratio, seeds, metrics, by_cell)
+        lines += paired_differences(strategies, ratio, seeds, metrics, by_cell,
+                                    {c.label: c.target for c in cells})
     return "\n".join(lines) + "\n"
 
 
-def paired_differences(strategies, ratio, seeds, metrics, by_cell) -> list[str]:
+def paired_differences(strategies, ratio, seeds, metrics, by_cell, target_of=None) -> list[str]:
+    """`target_of`: each row's target; a reconstruction loss is not differenced across targets (each
+    is in its own target's units)."""
     first = strategies[0]
+    target_of = target_of or {}
     others = [s for s in strategies[1:]]
     if not others or not metrics:
         return []
@@ -121,6 +136,8 @@ def paired_differences(strategies, ratio, seeds, metrics, by_cell) -> list[str]:
     notes = []
     for s in others:
         for m in metrics:
+            if m.startswith("recon") and target_of.get(s, "") != target_of.get(first, ""):
+                continue
             pairs = [(by_cell[(s, ratio, seed)][1]["metrics"][m], by_cell[(first, ratio, seed)][1]["metrics"][m])
                      for seed in seeds if (s, ratio, seed) in by_cell and (first, ratio, seed) in by_cell]
             if not pairs:
@@ -147,7 +164,7 @@ def plot(out: str, cells, evals, done, path: str) -> None:
     from ..engine.logs import read_metrics
 
     metrics = [m for e in evals for m in METRICS[e]]
-    strategies = list(dict.fromkeys(c.strategy for c in cells))
+    strategies = list(dict.fromkeys(c.label for c in cells))
     ratios = list(dict.fromkeys(c.ratio for c in cells))
     groups = [(s, r) for r in ratios for s in strategies]
     colours = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(strategies)}
@@ -155,7 +172,7 @@ def plot(out: str, cells, evals, done, path: str) -> None:
     fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.6), dpi=110, squeeze=False)
     for ax, m in zip(axes[0], metrics):
         for x, (s, r) in enumerate(groups):
-            vals = [result["metrics"][m] for c, _, result in done if (c.strategy, c.ratio) == (s, r)]
+            vals = [result["metrics"][m] for c, _, result in done if (c.label, c.ratio) == (s, r)]
             if not vals:
                 continue
             ax.scatter([x] * len(vals), vals, color=colours[s], alpha=0.7, s=18, zorder=3)
@@ -169,12 +186,12 @@ def plot(out: str, cells, evals, done, path: str) -> None:
         if not os.path.exists(path_jsonl):
             continue
         rows = read_metrics(path_jsonl, "train")
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color=colours[c.strategy], alpha=0.6,
-                lw=1, label=c.strategy)
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color=colours[c.label], alpha=0.6,
+                lw=1, label=c.label)
         val = [r for r in read_metrics(path_jsonl, "val") if "recon_common" in r]
         if val:   # the validation pass: the common mask, comparable across strategies
-            ax.plot([r["step"] for r in val], [r["recon_common"] for r in val], "o--", color=colours[c.strategy],
-                    alpha=0.8, lw=1, ms=2.5, label=f"{c.strategy} val (common mask)")
+            ax.plot([r["step"] for r in val], [r["recon_common"] for r in val], "o--", color=colours[c.label],
+                    alpha=0.8, lw=1, ms=2.5, label=f"{c.label} val (common mask)")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     if unique:
@@ -193,7 +210,7 @@ def write_report(out: str, base, config: str, overrides, cells, evals, done) -> 
     with open(csv_path + ".tmp", "w", newline="") as handle:
         writer = csv.DictWriter(handle, COLUMNS)
         writer.writeheader()
-        writer.writerows(rows_of(out, done))
+        writer.writerows(rows_of(out, done, config_target(base)))
     os.replace(csv_path + ".tmp", csv_path)
     with open(md_path, "w") as handle:
         handle.write(summary_text(base, config, overrides, cells, evals, done))

@@ -1,8 +1,10 @@
-"""Masking-strategy comparisons: one pretraining run per (strategy, ratio, seed) cell, the same
-budget for every cell, held-out evaluations, one report.
+"""Masking-strategy comparisons: one pretraining run per (strategy, ratio, seed) cell -- and per
+reconstruction target with `--targets` -- the same budget for every cell, held-out evaluations, one
+report.
 
-Each cell is `tools/train.py` in its own run folder `DIR/cells/<strategy>-<ratio>-s<seed>`, with the
-comparison's config and overrides plus `MASK.TYPE`, `MASK.RATIO`, `SEED`. So each cell has the run
+Each cell is `tools/train.py` in its own run folder `DIR/cells/<strategy>-<ratio>-s<seed>` (with
+`--targets`: `DIR/cells/<target>-<strategy>-<ratio>-s<seed>`), with the comparison's config and
+overrides plus `MASK.TYPE`, `MASK.RATIO`, `SEED` (and `MODEL.TARGET`). So each cell has the run
 folder's lock, its refusal of a changed recipe (the keys named) and its resume from the newest
 checkpoint; this module adds nothing of that kind. Cells of the same SEED are paired: the sampler's
 order, the initialisation and the augmentation come from SEED alone, the masks from their own random
@@ -32,6 +34,7 @@ TRAIN_TOOL = os.path.join(ROOT, "tools", "train.py")
 CELL_FILE, TIME_FILE = "compare_cell.json", "compare_time.json"
 # what the runner sets per cell: the user's overrides may not
 CELL_KEYS = ("MASK.TYPE", "MASK.RATIO", "SEED", "OUTPUT_DIR")
+TARGET_KEYS = ("MODEL.TARGET", "MODEL.NORM_TARGET")   # ... and with --targets, these
 
 
 @dataclass(frozen=True)
@@ -39,16 +42,23 @@ class Cell:
     strategy: str
     ratio: float
     seed: int
+    target: str = ""   # MODEL.TARGET of the cell; "" = the config's
 
     @property
     def name(self) -> str:
-        return f"{self.strategy}-{self.ratio:g}-s{self.seed}"
+        return (f"{self.target}-" if self.target else "") + f"{self.strategy}-{self.ratio:g}-s{self.seed}"
+
+    @property
+    def label(self) -> str:
+        """How the report names the cell's method: the strategy, and the target when compared."""
+        return f"{self.target} / {self.strategy}" if self.target else self.strategy
 
     def folder(self, out: str) -> str:
         return os.path.join(out, "cells", self.name)
 
     def overrides(self, out: str) -> list[str]:
-        return ["MASK.TYPE", self.strategy, "MASK.RATIO", f"{self.ratio:g}", "SEED", str(self.seed),
+        target = ["MODEL.TARGET", self.target] if self.target else []
+        return ["MASK.TYPE", self.strategy, "MASK.RATIO", f"{self.ratio:g}", "SEED", str(self.seed), *target,
                 "OUTPUT_DIR", self.folder(out)]
 
 
@@ -65,7 +75,7 @@ def split_list(text: str, kind, what: str) -> list:
     return values
 
 
-def check_overrides(overrides: list[str]) -> None:
+def check_overrides(overrides: list[str], targets: bool = False) -> None:
     options = [k for k in overrides if k.startswith("--")]
     if options:
         raise UsageError(f"{options[0]} after the KEY VALUE overrides: put the options first")
@@ -75,6 +85,10 @@ def check_overrides(overrides: list[str]) -> None:
     if fixed:
         raise UsageError(f"{', '.join(fixed)} set per cell by the comparison (--strategies, --ratios, --seeds, "
                          "--out); drop them from the overrides")
+    if targets:
+        fixed = [k for k in overrides[0::2] if k in TARGET_KEYS]
+        if fixed:
+            raise UsageError(f"{', '.join(fixed)} set per cell by --targets; drop them from the overrides")
 
 
 def plan(args) -> tuple[list[Cell], list[str]]:
@@ -99,7 +113,16 @@ def plan(args) -> tuple[list[Cell], list[str]]:
     unknown = [e for e in evals if e not in METRICS]
     if unknown:
         raise UsageError(f"--eval {unknown[0]!r}: choose from {', '.join(METRICS)}")
-    cells = [Cell(s, r, seed) for r in ratios for s in strategies for seed in seeds]
+    targets = [""]
+    if getattr(args, "targets", ""):
+        from ..targets import TARGET_REGISTRY
+
+        targets = split_list(args.targets, str, "targets")
+        unknown = [t for t in targets if t not in TARGET_REGISTRY]
+        if unknown:
+            raise UsageError(f"unknown reconstruction target {', '.join(unknown)}; registered: "
+                             f"{', '.join(sorted(TARGET_REGISTRY))} (a target of your own: IMPORTS my_targets.py)")
+    cells = [Cell(s, r, seed, t) for r in ratios for t in targets for s in strategies for seed in seeds]
     return cells, [e for e in METRICS if e in evals]
 
 
@@ -227,7 +250,7 @@ def run(args, log=print) -> int:
 
     import torch
 
-    check_overrides(args.overrides)
+    check_overrides(args.overrides, bool(getattr(args, "targets", "")))
     config = os.path.abspath(args.config)
     base = load_config(config, args.overrides)   # imports IMPORTS: strategies of your own are known
     if base.TASK != "pretrain":

@@ -33,7 +33,13 @@ C.MODEL.DECODER_DEPTH = 4
 C.MODEL.DECODER_DIM = 0              # decoder width; 0 = MODEL.NAME's (a pretraining checkpoint's shapes win on load)
 C.MODEL.DECODER_HEADS = 0            # decoder attention heads; 0 = MODEL.NAME's
 C.MODEL.DECODER_MLP_RATIO = 0.0      # decoder MLP width / decoder width; 0 = MODEL.NAME's (V2 giant: 48/11)
-C.MODEL.NORM_TARGET = True           # per-cube normalized pixel targets
+C.MODEL.NORM_TARGET = True           # alias of MODEL.TARGET kept for stored configs: True = pixel, False = pixel_raw
+C.MODEL.TARGET = ""                  # what the decoder reconstructs: pixel (per-cube normalized, the default;
+                                     # "" = what NORM_TARGET says), pixel_raw, frame_diff, hog, teacher, or one
+                                     # registered by IMPORTS (videomae/targets)
+C.MODEL.TEACHER_CHECKPOINT = ""      # MODEL.TARGET teacher: the frozen encoder's checkpoint (any format we read)
+C.MODEL.TEACHER_NAME = ""            # ... its model name; "" = MODEL.NAME (with MODEL.PATCH_SIZE / DEPTH)
+C.MODEL.TEACHER_NORM = False         # ... layer-normalize its features per token (MVD)
 C.MODEL.POS_EMBED = "sinusoid"       # or "separable" (MAE-ST); a checkpoint's separable tables switch it on load
 C.MODEL.CLS_TOKEN = False            # MAE-ST's cls token before the cube tokens (its checkpoints have one)
 C.MODEL.POOL = "mean"                # classifier feature: mean (of cube tokens) | token0 (after the final
@@ -267,6 +273,31 @@ def _check_masking(cfg: CfgNode) -> None:
                                "; a strategy of your own needs IMPORTS to load the module that registers it"))
 
 
+def _check_target(cfg: CfgNode) -> None:
+    import difflib
+
+    from ..targets import TARGET_REGISTRY, resolve_target_name
+
+    m = cfg.MODEL
+    try:
+        name = resolve_target_name(m.TARGET, m.NORM_TARGET)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if name not in TARGET_REGISTRY:
+        close = difflib.get_close_matches(name, list(TARGET_REGISTRY), n=1)
+        raise ConfigError(f"MODEL.TARGET = {name!r} is not a registered reconstruction target "
+                          f"({', '.join(sorted(TARGET_REGISTRY))})" +
+                          (f"; did you mean {close[0]!r}?" if close else
+                           "; a target of your own needs IMPORTS to load the module that registers it"))
+    if name == "teacher" and cfg.TASK == "pretrain" and not m.TEACHER_CHECKPOINT:
+        raise ConfigError("MODEL.TARGET teacher needs MODEL.TEACHER_CHECKPOINT (the frozen encoder's checkpoint)")
+    if name != "teacher":
+        for key, neutral in (("TEACHER_CHECKPOINT", ""), ("TEACHER_NAME", ""), ("TEACHER_NORM", False)):
+            if m[key] != neutral:
+                raise ConfigError(f"MODEL.{key} = {m[key]!r} applies to MODEL.TARGET teacher, not {name}; "
+                                  f"leave it at {neutral!r}")
+
+
 PRETRAIN_PREFIX, CLASSIFIER_PREFIX = "pretrain_videomae_", "videomae_vit_"
 
 
@@ -382,6 +413,7 @@ def _check_ranges(cfg: CfgNode) -> None:
 
 def validate(cfg: CfgNode) -> None:
     _check_masking(cfg)
+    _check_target(cfg)
     for key, choices in _CHOICES.items():
         value = _lookup(cfg, key)
         if value not in choices:

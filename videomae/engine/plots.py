@@ -46,6 +46,29 @@ def _to_image(x: torch.Tensor) -> np.ndarray:
     return (x * 255).astype(np.uint8)
 
 
+def _heat(x: torch.Tensor, top: float) -> np.ndarray:
+    """(H, W) values >= 0 -> RGB float image on one colour scale [0, top]."""
+    from matplotlib import colormaps
+
+    return colormaps["magma"](to_numpy(x / max(top, 1e-12)).clip(0, 1))[..., :3]
+
+
+class _TargetKind:
+    def __init__(self, name: str, pixel_layout: bool, normalize_cubes: bool):
+        self.name, self.pixel_layout, self.normalize_cubes = name, pixel_layout, normalize_cubes
+
+
+def _target_kind(model) -> _TargetKind:
+    """What the model's target is, for drawing: a model without a target object (built elsewhere)
+    reconstructs pixels, normalized per `cfg.norm_target`."""
+    target = getattr(model, "target", None)
+    if target is None:
+        norm = model.cfg.norm_target
+        return _TargetKind("pixel" if norm else "pixel_raw", True, norm)
+    return _TargetKind(target.name, bool(getattr(target, "pixel_layout", False)),
+                       target.name != "pixel_raw")
+
+
 @torch.no_grad()
 def plot_reconstruction(model, video: torch.Tensor, masks: dict, out_png: str, frames: int = 4) -> dict[str, float]:
     """One clip: its input frames, then for each mask what the encoder sees and the masked cubes'
@@ -54,7 +77,9 @@ def plot_reconstruction(model, video: torch.Tensor, masks: dict, out_png: str, f
 
     With normalized targets both are shown in the per-cube normalized space. Predictions are
     deliberately not mapped back to pixels with the true cubes' mean and std, which would borrow
-    the answer and make the reconstruction look better than it is.
+    the answer and make the reconstruction look better than it is. A target that is not a cube of
+    pixels (hog, teacher features) has no picture to draw: its row is the per-cube loss map (each
+    reconstructed cube coloured by its MSE, one colour scale for all frames; black: not scored).
     """
     from ..models.targets import unnormalize, unpatchify
 
@@ -62,7 +87,9 @@ def plot_reconstruction(model, video: torch.Tensor, masks: dict, out_png: str, f
     model.eval()
     grid, t, p = model.grid_size, model.tubelet_size, model.patch_size
     pixels = unnormalize(video[:1]).clamp(0, 1)[0]                     # C, T, H, W
-    target = model.targets(video[:1])[0]                                # N, P
+    target = model.targets(video[:1])[0]                                # N, target width
+    kind = _target_kind(model)
+    cube = t * p * p * pixels.shape[0]                                  # values of one cube's pixels
 
     def volume(tokens):                                                 # (N, P) -> (C, T, H, W)
         return unpatchify(tokens[None].float(), grid, t, p)[0]
@@ -78,12 +105,19 @@ def plot_reconstruction(model, video: torch.Tensor, masks: dict, out_png: str, f
         pred_full, target_full = torch.zeros_like(target), torch.zeros_like(target)
         pred_full[decoded] = out.pred[0].to(target.dtype)
         target_full[decoded] = target[decoded]
-        shown = volume((~mask[0]).float()[:, None].expand_as(target))   # 1 where the encoder looks
-        pred_img, target_img = volume(pred_full), volume(target_full)
         tag = f" ({name})"
+        shown = volume((~mask[0]).float()[:, None].expand(-1, cube))    # 1 where the encoder looks
         rows.append((f"encoder sees{tag}", lambda i, shown=shown: pixels_of(pixels[:, i] * shown[:, i])))
-        if model.cfg.norm_target:
-            rows += [(f"target{tag}\n(norm. cubes)", lambda i, x=target_img: _to_image(x[:, i])),
+        if not kind.pixel_layout:
+            per_cube = (pred_full - target_full).pow(2).mean(-1)            # N; 0 where not decoded
+            loss_map = volume(per_cube[:, None].expand(-1, cube))[0]        # T, H, W
+            rows.append((f"loss per cube{tag}\n{kind.name}, loss {losses[name]:.3f}",
+                         lambda i, x=loss_map: _heat(x[i], float(x.max()))))
+            continue
+        pred_img, target_img = volume(pred_full), volume(target_full)
+        if kind.normalize_cubes:
+            label = "norm. cubes" if kind.name == "pixel" else f"{kind.name}, norm. cubes"
+            rows += [(f"target{tag}\n({label})", lambda i, x=target_img: _to_image(x[:, i])),
                      (f"prediction{tag}\nloss {losses[name]:.3f}", lambda i, x=pred_img: _to_image(x[:, i]))]
         else:  # raw pixel targets: the reconstruction is a picture in its own right
             rows.append((f"visible + predicted{tag}\nloss {losses[name]:.3f}",

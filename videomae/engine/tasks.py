@@ -87,11 +87,18 @@ class PretrainTask:
         self._motion_logged = False
 
     def build_model(self) -> torch.nn.Module:
+        from ..models.factory import MODELS
+        from ..targets import target_from_config
+
         m = self.cfg.MODEL
-        decoder = {k: v for k, v in (("decoder_embed_dim", m.DECODER_DIM), ("decoder_num_heads", m.DECODER_HEADS),
-                                     ("decoder_mlp_ratio", m.DECODER_MLP_RATIO)) if v}   # 0: the size's
-        model = create_model(m.NAME, decoder_depth=m.DECODER_DEPTH, norm_target=m.NORM_TARGET,
-                             **decoder, **model_kwargs(self.cfg))
+        target = target_from_config(self.cfg)
+        kwargs = model_kwargs(self.cfg)
+        kwargs.update({k: v for k, v in (("decoder_embed_dim", m.DECODER_DIM), ("decoder_num_heads", m.DECODER_HEADS),
+                                         ("decoder_mlp_ratio", m.DECODER_MLP_RATIO)) if v})   # 0: the size's
+        if m.NAME in MODELS or target.name not in ("pixel", "pixel_raw"):
+            kwargs["target"] = target   # a timm model of your own gets it only when it must
+        model = create_model(m.NAME, decoder_depth=m.DECODER_DEPTH, norm_target=target.name != "pixel_raw",
+                             **kwargs)
         if not hasattr(model, "decoder"):
             raise ValueError(f"MODEL.NAME={m.NAME} is not a pretraining model; use a "
                              "pretrain_videomae_* name for TASK pretrain")
@@ -99,6 +106,9 @@ class PretrainTask:
             from ..convert import load_checkpoint
             self.log(str(load_checkpoint(model, m.PRETRAINED)))
         self.log(self.describe_masking(tuple(model.grid_size)))
+        enc = getattr(getattr(model, "cfg", None), "encoder", None)
+        width = f", {target.width(enc)} values per token" if enc is not None else ""
+        self.log(f"target: {target.name}{width} ({target!r})")
         self.has_eval = self._validation_wanted()
         return model
 

@@ -71,9 +71,10 @@ def _split_kwargs(size: str, kwargs: dict, allowed_extra: tuple = ()) -> tuple[d
     return encoder, decoder, extra
 
 
-def build_pretrain_model(size: str = "base", **kwargs) -> PretrainVideoMAE:
+def build_pretrain_model(size: str = "base", target=None, **kwargs) -> PretrainVideoMAE:
+    """`target`: a videomae.targets.ReconstructionTarget (default: pixels, per `norm_target`)."""
     encoder, decoder, _ = _split_kwargs(size, kwargs)
-    return PretrainVideoMAE(PretrainConfig(encoder=EncoderConfig(**encoder), **decoder))
+    return PretrainVideoMAE(PretrainConfig(encoder=EncoderConfig(**encoder), **decoder), target=target)
 
 
 def build_classifier(size: str = "base", **kwargs) -> VideoClassifier:

@@ -11,7 +11,7 @@ from torch import nn
 from .encoder import EncoderConfig, VideoEncoder
 from .masks import TokenSplit, check_mask_layout, split_tokens
 from .pos_embed import build_pos_embed, resize_pos_embed
-from .targets import cube_targets, masked_mse
+from .targets import masked_mse
 from .vit import Block, BlockStack, init_linear_and_norm
 
 
@@ -23,13 +23,14 @@ class PretrainConfig:
     decoder_num_heads: int = 6
     decoder_mlp_ratio: float = 4.0
     norm_target: bool = True   # per-cube normalized pixels (official default); False: raw [0, 1]
+                               # (the default target when none is given; see videomae/targets)
 
 
 class PretrainOutput(NamedTuple):
     """A NamedTuple, not a dataclass: DeepSpeed ZeRO-3 hooks (and torch.compile) see inside tuples,
     so the backward pass re-gathers the parameters that produced these tensors."""
     loss: torch.Tensor          # scalar
-    pred: torch.Tensor          # (B, M, tubelet*p*p*C): decoded tokens in ascending index order
+    pred: torch.Tensor          # (B, M, target width; tubelet*p*p*C for pixels): decoded tokens, ascending
     target: torch.Tensor        # same shape, float32
     decoded: torch.Tensor       # (B, N) bool: which tokens `pred` covers
 
@@ -61,10 +62,18 @@ class PretrainVideoMAE(nn.Module):
     `drop_noise` (B, random_draws) holds the per-sample drop-path draws of the seeding protocol.
     """
 
-    def __init__(self, cfg: PretrainConfig):
+    def __init__(self, cfg: PretrainConfig, target=None):
+        """`target`: a `videomae.targets.ReconstructionTarget` (default: `pixel`, or `pixel_raw` when
+        `cfg.norm_target` is False); it sizes the decoder head and computes the loss's targets."""
         super().__init__()
         self.cfg = cfg
-        self.encoder = VideoEncoder(cfg.encoder, final_norm=True)
+        enc = cfg.encoder
+        if target is None:
+            from ..targets import build_target
+            target = build_target("pixel" if cfg.norm_target else "pixel_raw")
+        self.encoder = VideoEncoder(enc, final_norm=True)
+        target.check(enc, self.encoder.grid_size)
+        self.target = target   # a plain object, not a submodule: nothing it holds is trained or saved
         self._build_decoder()
         # one pass over every module, then the mask token: the official initialisation order
         self.apply(init_linear_and_norm)
@@ -72,7 +81,7 @@ class PretrainVideoMAE(nn.Module):
 
     def _build_decoder(self) -> None:
         """encoder_to_decoder, mask_token, decoder position table and decoder for `cfg`'s decoder
-        dimensions (initialised by the caller)."""
+        dimensions, the head as wide as the target's tokens (initialised by the caller)."""
         cfg, enc = self.cfg, self.cfg.encoder
         if cfg.decoder_embed_dim % cfg.decoder_num_heads:
             raise ValueError(f"decoder width {cfg.decoder_embed_dim} is not a multiple of its "
@@ -81,7 +90,7 @@ class PretrainVideoMAE(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_embed_dim))
         self.decoder_pos_embed = build_pos_embed(enc.pos_embed, self.encoder.grid_size,
                                                  cfg.decoder_embed_dim)
-        out_dim = enc.tubelet_size * enc.patch_size ** 2 * enc.in_chans
+        out_dim = self.target.width(enc)
         self.decoder = MAEDecoder(cfg.decoder_embed_dim, cfg.decoder_depth, cfg.decoder_num_heads,
                                   cfg.decoder_mlp_ratio, out_dim, enc.norm_eps, enc.qkv_bias,
                                   enc.init_values, enc.grad_checkpointing)
@@ -126,7 +135,9 @@ class PretrainVideoMAE(nn.Module):
         self.decoder_pos_embed = resize_pos_embed(self.decoder_pos_embed, self.encoder.grid_size)
 
     def targets(self, video: torch.Tensor) -> torch.Tensor:
-        return cube_targets(video, self.tubelet_size, self.patch_size, normalize=self.cfg.norm_target)
+        """Targets of every token: (B, N, target width), float32."""
+        with torch.no_grad():
+            return self.target(video, self.cfg.encoder)
 
     @property
     def random_draws(self) -> int:
@@ -166,7 +177,6 @@ class PretrainVideoMAE(nn.Module):
         """MSE against the predicted tokens' targets (only those cubes are cut out); `scored` (B, M)
         bool selects the tokens that count. Returns (loss, target)."""
         with torch.no_grad():
-            target = cube_targets(video, self.tubelet_size, self.patch_size,
-                                  normalize=self.cfg.norm_target, ids=split.pred)  # [B, M, out]
+            target = self.target(video, self.cfg.encoder, ids=split.pred)  # [B, M, out]
         loss = masked_mse(pred, target, None if scored is None else scored.float())
         return loss, target
