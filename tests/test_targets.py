@@ -404,3 +404,14 @@ def test_pretraining_forward_with_a_target_compiles_as_one_graph(name, tmp_path)
     torch._dynamo.reset()
     explained = torch._dynamo.explain(model)(random_clip((2, 3, 4, 16, 16)), mask, num_masked=6)
     assert [str(b.reason) for b in explained.break_reasons] == [] and explained.graph_count == 1
+
+
+def test_hf_export_refuses_a_decoder_that_predicts_other_targets():
+    from videomae.convert.hf import hf_config_kwargs
+
+    model = build_pretrain_model("tiny", target=build_target("hog"), img_size=32, patch_size=16, num_frames=4, depth=1)
+    with pytest.raises(ValueError, match="predicts hog targets"):
+        hf_config_kwargs(model)
+    raw = build_pretrain_model("tiny", target=build_target("pixel_raw"), img_size=32, patch_size=16, num_frames=4,
+                               depth=1)
+    assert hf_config_kwargs(raw)["norm_pix_loss"] is False

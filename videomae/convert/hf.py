@@ -196,6 +196,10 @@ def hf_config_kwargs(model) -> dict:
         raise ValueError("HF VideoMAE has no layer scale (init_values must be 0)")
     if enc.cls_token:
         raise ValueError("HF VideoMAE has no cls token (this model has MAE-ST's, cls_token=True)")
+    target = getattr(model, "target", None) if pretrain else None
+    if target is not None and target.name not in ("pixel", "pixel_raw"):
+        raise ValueError(f"HF VideoMAE reconstructs pixels; this model's decoder predicts {target.name} targets "
+                         "(MODEL.TARGET): export its encoder as a classifier instead")
     if not pretrain and model.pool == "skip_first":
         raise ValueError("HF VideoMAE pools all tokens or token 0, not MAE-ST's tokens 1: (pool='skip_first')")
     # the eps the model runs with (an HF import may have set it from that config), not the cfg's
@@ -216,7 +220,7 @@ def hf_config_kwargs(model) -> dict:
                       decoder_num_hidden_layers=cfg.decoder_depth,
                       decoder_num_attention_heads=cfg.decoder_num_heads,
                       decoder_intermediate_size=int(cfg.decoder_embed_dim * cfg.decoder_mlp_ratio),
-                      norm_pix_loss=cfg.norm_target)
+                      norm_pix_loss=target.name == "pixel" if target is not None else cfg.norm_target)
     else:
         kwargs.update(num_labels=model.num_classes)
     return kwargs
