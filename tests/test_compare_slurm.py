@@ -27,8 +27,8 @@ def test_dry_run_prints_an_array_with_preemption_handling(tmp_path, synthetic_ro
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
 
-    def dry_run(gpus):
-        code = run_tool(tool.main, ["--slurm-dry-run", "--gpus-per-cell", gpus, "--config",
+    def dry_run(gpus, *options):
+        code = run_tool(tool.main, ["--slurm-dry-run", "--gpus-per-cell", gpus, *options, "--config",
                                     str(ROOT / "configs/demo/pretrain.yaml"), *SMALL, "--out", str(tmp_path / "cmp"),
                                     "DATA.ROOT", str(synthetic_root), "DATA.LIST_DIR", str(synthetic_root)])
         return code, capsys.readouterr()
@@ -44,6 +44,13 @@ def test_dry_run_prints_an_array_with_preemption_handling(tmp_path, synthetic_ro
     assert "#SBATCH --ntasks=1" in cpu.out and "gpus-per-task" not in cpu.out
     code, bad = dry_run("-1")
     assert code == 2 and "--gpus-per-cell -1" in bad.err
+    # every array task repeats the options that decide its cell and its evaluations
+    code, more = dry_run("1", "--targets", "pixel,hog", "--finetune-config",
+                         str(ROOT / "configs/demo/finetune.yaml"), "--finetune-overrides", "TRAIN.EPOCHS 1")
+    assert code == 0, more.err
+    assert "#   3: hog-random-0.9-s0" in more.out.splitlines()
+    for option in ("--targets pixel,hog", "--finetune-config", "'TRAIN.EPOCHS 1'"):
+        assert option in more.out, option
 
 
 @pytest.mark.slow

@@ -22,8 +22,10 @@ def cell_arguments(args, config: str, out: str) -> list[str]:
     """The tool's arguments every array task repeats (absolute paths: the job may start elsewhere)."""
     return ["--config", config, "--strategies", args.strategies, "--ratios", args.ratios, "--seeds", args.seeds,
             "--eval", args.eval, "--out", out,
+            *(["--targets", args.targets] if getattr(args, "targets", "") else []),
             *(["--finetune-config", os.path.abspath(args.finetune_config),
-               "--finetune-overrides", args.finetune_overrides] if args.finetune_config else []), *args.overrides]
+               "--finetune-overrides", args.finetune_overrides] if getattr(args, "finetune_config", "") else []),
+            *args.overrides]
 
 
 def sbatch_script(args, cells, config: str, out: str) -> str:
