@@ -312,6 +312,7 @@ def test_range_verdict_calls_overlapping_seed_ranges_inconclusive():
     assert range_verdict("a", [90.0], "b", [10.0]).startswith("Inconclusive: one seed")
 
 
+@pytest.mark.slow
 def test_finetune_eval_runs_once_per_cell_with_its_seed_and_reports_test_top1(tmp_path, synthetic_root):
     out = tmp_path / "cmp"
     finetune = ["DATA.ROOT", synthetic_root, "DATA.LIST_DIR", synthetic_root, *TINY, "TRAIN.MAX_STEPS", 2,

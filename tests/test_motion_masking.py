@@ -190,6 +190,7 @@ def test_evaluation_scores_motion_masks_by_the_validation_clips_frame_difference
     assert masked_share("motion", 0.9, (8, 14, 14), 4) == int(0.9 * 1568) / 1568
 
 
+@pytest.mark.slow
 def test_comparison_runner_takes_motion_as_one_more_strategy(tmp_path, synthetic_root):
     import csv
     import subprocess
@@ -254,6 +255,7 @@ def test_bad_motion_settings_are_one_clear_line():
     assert (motion.patch, motion.tubelet, motion.strategy.temperature) == (16, 2, 0.25)
 
 
+@pytest.mark.slow
 def test_two_ranks_train_as_one_rank_with_accumulation(tmp_path, synthetic_root):
     """The masks the loaders draw depend on (SEED, step, row) only: 2 gloo ranks (with a loader
     worker each) give the losses of 1 process with 2 accumulation steps, across an epoch boundary."""
