@@ -193,6 +193,7 @@ def check_listed_once(result, run, bad):
         sorted(map(str, bad))
 
 
+@pytest.mark.slow
 def test_bad_files_are_listed_once_and_counted_per_epoch(tmp_path, synthetic_root):
     """28 videos, 4 bad (truncated, empty, a still, 3 frames); 3 epochs of 7 steps through 2
     persistent workers: every video is drawn every epoch, so loads = 28 + failed loads."""

@@ -116,6 +116,7 @@ def test_keyed_items_are_reproducible(synthetic_root):
     assert a["index"] == 3 and torch.equal(a["video"], b["video"]) and not torch.equal(a["video"], c["video"])
 
 
+@pytest.mark.slow
 def test_resumed_run_draws_the_clips_of_a_straight_one(tmp_path, synthetic_root):
     common = ["DATA.NUM_WORKERS", 2, "TRAIN.EPOCHS", 2]   # 6 steps an epoch
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
