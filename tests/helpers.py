@@ -83,3 +83,14 @@ def losses(out_dir):
 # normal progress (load report, training log) goes to stdout.
 NOISE = re.compile(r"^DeepSpeed \S+ built successfully$|cpp_extension\.py:\d+\] No CUDA runtime is found"
                    r"|^\[[\w,]+ @ 0x[0-9a-f]+\] |\d\d:\d\d:\d\d\] \S+\.cc:\d+: |^\w+: +\d+%\|")
+
+
+def load_tool(path):
+    """A tool script as a module, by its file: putting tools/ on sys.path would let tools/test.py
+    shadow the standard library's `test` package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tool_" + Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

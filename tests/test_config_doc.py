@@ -1,20 +1,8 @@
 """docs/config.md is what tools/ci/config_doc.py makes of videomae/engine/config.py."""
-from pathlib import Path
 
-from helpers import ROOT
+from helpers import load_tool
 
 from videomae.engine.config import _all_keys, get_defaults
-
-
-def load_tool(path):
-    """A tool script as a module, by its file: putting tools/ on sys.path would let tools/test.py
-    shadow the standard library's `test` package."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tool_" + Path(path).stem, ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 config_doc = load_tool("tools/ci/config_doc.py")

@@ -9,21 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT
+from helpers import ROOT, load_tool
 
 from videomae.engine.config import load_config
 from videomae.engine.data import build_dataset
-
-
-def load_tool(path):
-    """A tool script as a module, by its file: putting tools/ on sys.path would let tools/test.py
-    shadow the standard library's `test` package."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tool_" + Path(path).stem, ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 train = load_tool("tools/train.py")

@@ -2,26 +2,14 @@
 import csv
 import subprocess
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import PYTHON, ROOT, env, free_port
+from helpers import PYTHON, ROOT, env, free_port, load_tool
 
 from videomae.models.factory import create_model
-
-
-def load_tool(path):
-    """A tool script as a module, by its file: putting tools/ on sys.path would let tools/test.py
-    shadow the standard library's `test` package."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tool_" + Path(path).stem, ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 ef = load_tool("tools/extract_features.py")
