@@ -170,77 +170,81 @@ def test_a_strategy_returning_a_wrong_mask_is_named():
         Wrong().draw_rows(RowGenerator.for_range(0, 0, 0, 2), GRID)
 
 
-def test_block_boxes_follow_the_published_constraints():
-    """Box areas in [min_block, 0.4 H'W'] and aspect ratios in [0.3, 1/0.3], up to rounding the
-    box sides to whole cubes (as BEiT does); every clip masks exactly int(ratio N)."""
+@pytest.mark.parametrize("grid", [GRID, (4, 6, 6), (2, 4, 4), (8, 16, 16)])
+def test_block_tilings_meet_the_published_constraints(grid):
+    """Every tiling in the bank covers the H' x W' plane exactly once with rectangles of area
+    min_block..0.4 H'W' and aspect ratio in [0.3, 1/0.3] (the minimum lowered only where the grid
+    cannot be tiled with it); the bank is the same however often it is asked for."""
     strategy = build_masking("block", 0.9)
-    gen = RowGenerator.for_range(0, 0, 0, 256)
-    t0, bt, y0, bh, x0, bw = strategy.boxes(gen, GRID)
-    t, h, w = GRID
-    assert ((t0 >= 0) & (t0 + bt <= t) & (y0 >= 0) & (y0 + bh <= h) & (x0 >= 0) & (x0 + bw <= w)).all()
-    assert ((bt >= 1) & (bt <= t)).all() and set(bt.unique().tolist()) == set(range(1, t + 1))
-    # each side is a real side rounded to the nearest integer: widen the bounds by half a cube
-    assert ((bh + 0.5) * (bw + 0.5) >= 16).all() and ((bh - 0.5) * (bw - 0.5) <= int(0.4 * h * w)).all()
-    assert ((bh + 0.5) / (bw - 0.5) >= 0.3).all() and ((bh - 0.5) / (bw + 0.5) <= 1 / 0.3).all()
-    aspect = bh.double() / bw
-    assert aspect.min() < 0.5 and aspect.max() > 2   # the whole range is used, not only squares
-    mask = strategy.draw_rows(RowGenerator.for_range(0, 0, 0, 256), GRID)
-    assert mask.sum(1).unique().tolist() == [int(0.9 * t * h * w)]
+    _, h, w = grid
+    tilings = strategy.tilings(grid)
+    assert len(tilings) == strategy.BANK_SIZE and tilings == build_masking("block", 0.9).tilings(grid)
+    areas, aspects = [], []
+    for tiling in tilings:
+        cover = torch.zeros(h, w, dtype=torch.int64)
+        for y0, y1, x0, x1 in tiling:
+            cover[y0:y1, x0:x1] += 1
+            areas.append((y1 - y0) * (x1 - x0))
+            aspects.append((y1 - y0) / (x1 - x0))
+        assert (cover == 1).all()
+    assert max(areas) <= max(int(0.4 * h * w), min(areas)) and 0.3 <= min(aspects) and max(aspects) <= 1 / 0.3
+    if grid in (GRID, (8, 16, 16)):   # large enough for BEiT's minimum of 16 cells
+        assert min(areas) == 16 and min(aspects) < 0.5 and max(aspects) > 2 and len(set(map(tuple, tilings))) > 900
+    elif grid == (4, 6, 6):           # 6x6 cannot be tiled with 16-cell blocks: a smaller minimum
+        assert 1 < min(areas) < 16
+    else:                             # 4x4 is one 16-cell block
+        assert all(tiling == [(0, 4, 0, 4)] for tiling in tilings)
 
 
-def test_block_mask_is_the_union_of_its_first_boxes():
-    """Whole boxes are accepted in order; the mask contains every cube of every accepted box."""
-    strategy = build_masking("block", 0.5)
-    gen_args = (4, 2, 0, 16)
-    mask = strategy.draw_rows(RowGenerator.for_range(*gen_args), GRID).view(16, *GRID)
-    t0, bt, y0, bh, x0, bw = strategy.boxes(RowGenerator.for_range(*gen_args), GRID)
-    target = strategy.num_masked(GRID)
-    for r in range(16):
-        union = torch.zeros(GRID, dtype=torch.bool)
-        for a in range(strategy.max_boxes):
-            box = torch.zeros(GRID, dtype=torch.bool)
-            box[t0[r, a]:t0[r, a] + bt[r, a], y0[r, a]:y0[r, a] + bh[r, a], x0[r, a]:x0[r, a] + bw[r, a]] = True
-            if int((union | box).sum()) > target:
-                break
-            union |= box
-        assert (mask[r] | ~union).all()          # every accepted box is masked
-        assert int(union.sum()) <= target == int(mask[r].sum())
+def test_block_masks_mix_box_sizes_and_temporal_extents():
+    """Masked boxes of several sizes and lengths: some clips have a visible box spanning one
+    slice only, others several; the masked share varies from slice to slice."""
+    mask = build_masking("block", 0.9).draw_rows(RowGenerator.for_range(0, 0, 0, 256), GRID).view(256, 8, 196)
+    per_slice = mask.sum(-1)
+    assert mask.sum((1, 2)).unique().tolist() == [1411]
+    assert (per_slice.max(1).values - per_slice.min(1).values > 0).float().mean() > 0.5
+    assert (per_slice == 196).any() and (per_slice < 176).any()
 
 
 def reference_block_mask(strategy, gen_args, grid):
-    """BlockMasking's definition, one clip and one box at a time: accept boxes in order while the
-    union stays within the target; then the next box's new cubes (or, with no box left, the
-    uncovered cubes) in raster order up to the exact count."""
+    """BlockMasking's definition, one clip and one box at a time, from the clip's segments, tilings
+    and keys: boxes in key order (ties by box number), masked whole while the count stays within
+    the target; then the next box's cubes in its raster order up to the exact count."""
     rows = gen_args[-1]
-    t0, bt, y0, bh, x0, bw = strategy.boxes(RowGenerator.for_range(*gen_args), grid)
+    bounds, tilings, keys = strategy.layout(RowGenerator.for_range(*gen_args), grid)
+    bank = strategy.tilings(grid)
+    width = max(map(len, bank))
     target = strategy.num_masked(grid)
     masks = []
     for r in range(rows):
-        union = torch.zeros(grid, dtype=torch.bool)
-        rest = ~union
-        for a in range(strategy.max_boxes):
+        boxes = []
+        for s in range(strategy.segments):
+            for k, (y0, y1, x0, x1) in enumerate(bank[int(tilings[r, s])]):
+                t0, t1 = int(bounds[r, s]), int(bounds[r, s + 1])
+                if t1 > t0:
+                    boxes.append((float(keys[r, s * width + k]), s * width + k, (t0, t1, y0, y1, x0, x1)))
+        mask = torch.zeros(grid, dtype=torch.bool)
+        for _, _, (t0, t1, y0, y1, x0, x1) in sorted(boxes):
             box = torch.zeros(grid, dtype=torch.bool)
-            box[t0[r, a]:t0[r, a] + bt[r, a], y0[r, a]:y0[r, a] + bh[r, a], x0[r, a]:x0[r, a] + bw[r, a]] = True
-            if int((union | box).sum()) > target:
-                rest = box & ~union
+            box[t0:t1, y0:y1, x0:x1] = True
+            if int(mask.sum()) + int(box.sum()) > target:
+                for i in box.flatten().nonzero()[:, 0].tolist()[:target - int(mask.sum())]:
+                    mask.view(-1)[i] = True
                 break
-            union |= box
-        else:
-            rest = ~union
-        flat, extra = union.flatten(), rest.flatten()
-        for i in extra.nonzero()[:, 0].tolist()[:target - int(flat.sum())]:
-            flat[i] = True
-        masks.append(flat)
+            mask |= box
+        masks.append(mask.flatten())
     return torch.stack(masks)
 
 
-@pytest.mark.parametrize("ratio,max_boxes,grid", [(0.9, 48, (8, 14, 14)), (0.5, 48, GRID), (0.95, 60, (4, 6, 6)),
-                                                  (0.9, 12, (4, 6, 6)), (0.75, 31, (2, 8, 8)),
-                                                  (0.9, 2, GRID)])  # 2 boxes: the uncovered cubes fill
-def test_block_mask_equals_its_definition(ratio, max_boxes, grid):
-    """The vectorized draw (two int32 bit lanes, per-slice histograms) equals the one-box-at-a-time
-    definition, bit for bit, with boxes in one lane and in both, with boxes left over or not."""
-    strategy = build_masking("block", ratio, max_boxes=max_boxes)
+@pytest.mark.parametrize("ratio,grid,min_block", [(0.9, GRID, 16), (0.5, GRID, 16), (0.3, GRID, 16),
+                                                  (0.95, (4, 6, 6), 16), (0.75, (2, 8, 8), 16),
+                                                  (0.5, (4, 14, 14), 2)])   # > 63 painted boxes: two lanes
+def test_block_mask_equals_its_definition(ratio, grid, min_block):
+    """The vectorized draw (cumulative volumes, the kept or the masked side painted as per-axis bit
+    words) equals the one-box-at-a-time definition, bit for bit."""
+    strategy = build_masking("block", ratio, min_block=min_block)
     gen_args = (11, 3, 40, 24)
     mask = strategy.draw_rows(RowGenerator.for_range(*gen_args), grid)
     assert torch.equal(mask, reference_block_mask(strategy, gen_args, grid))
+    if min_block == 2:
+        assert strategy._slots(grid) + 3 > 63

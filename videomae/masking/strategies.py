@@ -1,7 +1,9 @@
 """The built-in strategies: tube, random, frame, block, running_cell."""
 from __future__ import annotations
 
+import functools
 import math
+import random
 
 import torch
 
@@ -50,144 +52,231 @@ class FrameMasking(MaskingStrategy):
 
 @register_masking("block")
 class BlockMasking(MaskingStrategy):
-    """Contiguous spatio-temporal boxes (BEiT's block masking grown into time), as in MAE-ST's
-    "cube" ablation, with exactly `int(ratio * N)` cubes masked per sample.
+    """Spatio-temporal boxes (BEiT's block masking grown into time, as in MAE-ST's "cube" ablation),
+    with exactly `int(ratio * N)` cubes masked per sample.
 
-    Each sample draws `max_boxes` boxes in sequence: spatial area uniform in `min_block`..`max_block`
-    cells (default max: 0.4 H'W'), aspect ratio log-uniform in [0.3, 1/0.3], `min_frames`..T' slices,
-    position uniform where the box fits. Boxes are accepted in order while the union stays within the
-    target count; the first box that would overshoot is taken in part -- its new cubes in raster order
-    (whole slices first, then the first cubes of one slice) -- up to the exact count. If all boxes
-    fit below the target, the rest comes from uncovered cubes in raster order (about 4% of clips at
-    ratio 0.9 on 8x14x14; raise `max_boxes` for higher ratios).
+    Each sample cuts its T' slices into `segments` temporal segments (cut points uniform in 0..T';
+    a segment may be empty) and gives each segment a tiling of the H' x W' plane into rectangles
+    that meet BEiT's block constraints: area `min_block`..`max_block` cells (default max 0.4 H'W'),
+    aspect ratio in [0.3, 1/0.3]. A segment x rectangle is a box; the boxes do not overlap and fill
+    the clip. Boxes are masked whole in a random order while the count stays within the target; the
+    next box supplies the rest in its own raster order (whole slices, then whole rows of one slice,
+    then the first cubes of one row). Every masked box but that last one meets the constraints.
 
-    Vectorized over samples with no host reads: box a owns one bit, set along each axis where the box
-    spans, so the boxes covering a cube are `bits_t & bits_y & bits_x`, and the first of them is the
-    lowest set bit, read off the float32 exponent of `x & -x` (a power of two, so exact). The bits
-    live in two int32 lanes of 30 boxes each (int32 work is several times cheaper than int64 on a
-    CPU thread); bit 30 is set in every lane and stands for "no box in this lane". A histogram per
-    sample and slice gives the union size after every box; its cumulative sum says how many boxes fit.
+    The tilings come from a bank of `BANK_SIZE` random guillotine tilings per grid, drawn once from a
+    fixed seed (`random_tilings`), so every rank and process holds the same bank; a sample picks one
+    per segment. (Sampling a constrained tiling is a sequential process; a bank keeps the draw
+    vectorized.) On a grid too small for `min_block`, the bank lowers the minimum area to the
+    largest the grid can be tiled with.
+
+    Because the boxes are disjoint, the count needs no per-cube counting: a cumulative sum of box
+    volumes picks the boxes. Only the minority side is painted -- the kept boxes at ratios >= 0.5,
+    else the masked ones -- as per-axis bit masks (bit a set along each axis where box a spans), so
+    a cube lies in a painted box iff `bits_t & bits_y & bits_x != 0`: one integer AND per cube (the
+    y-x words are shared by the T' slices), no host reads.
     """
 
-    LANE_BOXES = 30   # boxes per int32 lane; bit 30 is the lane's "none" sentinel
-    NONE = 2 * LANE_BOXES  # the first-box index of a cube no box covers
+    BANK_SIZE = 1024
+    BANK_SEED = 0x5EED
 
     def __init__(self, ratio: float = 0.9, min_block: int = 16, max_block: int | None = None,
-                 min_frames: int = 1, max_boxes: int = 48):
+                 segments: int = 3):
         super().__init__(ratio)
-        if not 1 <= max_boxes <= self.NONE:
-            raise ValueError(f"block masking: max_boxes must be in 1..{self.NONE}, got {max_boxes}")
-        self.min_block, self.max_block = min_block, max_block
-        self.min_frames, self.max_boxes = min_frames, max_boxes
+        if min_block < 1 or segments < 1:
+            raise ValueError(f"block masking: min_block and segments must be >= 1, got {min_block} "
+                             f"and {segments}")
+        self.min_block, self.max_block, self.segments = min_block, max_block, segments
 
     def num_masked(self, grid) -> int:
         return int(self.ratio * math.prod(grid))
 
-    def boxes(self, gen, grid):
-        """Per sample and box: (t0, bt, y0, bh, x0, bw), each (R, A) int64."""
-        t, h, w = grid
-        A = self.max_boxes
-        # six 16-bit uniforms per box from three 32-bit draws (16 bits are plenty to place a box on
-        # a grid of tens of cells); float64 so every device rounds the box sizes alike
-        bits = gen.bits(3 * A).view(-1, 3, A)
-        halves = torch.cat([bits >> 16, bits & 0xFFFF], dim=1).to(torch.int32)  # int32 -> float64 is cheap
-        u = halves.double().mul_(1 / 2**16).unbind(1)                          # 6 x (R, A)
-        lo_area = min(self.min_block, h * w)
-        hi_area = self.max_block or max(self.min_block, int(0.4 * h * w))
-        area = u[0] * (hi_area - lo_area) + lo_area
-        aspect = torch.exp(u[1] * (math.log(1 / 0.3) - math.log(0.3)) + math.log(0.3))
-        bh = torch.round(torch.sqrt(area * aspect)).clamp_(1, h).long()
-        bw = torch.round(torch.sqrt(area / aspect)).clamp_(1, w).long()
-        lo_t = min(self.min_frames, t)
-        bt = (u[2] * (t - lo_t + 1)).long() + lo_t
+    def tilings(self, grid) -> list[list[tuple[int, int, int, int]]]:
+        """The bank of spatial tilings for this grid: each a list of (y0, y1, x0, x1), half-open."""
+        _, h, w = grid
+        max_area = self.max_block or int(0.4 * h * w)
+        return random_tilings(h, w, self.min_block, max_area, self.BANK_SIZE, self.BANK_SEED)
 
-        def start(v, size, extent):  # uniform in 0 .. size - extent
-            return (v * (size + 1 - extent)).long()
+    def _bank(self, grid, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bank as a (BANK_SIZE, K, 4) int64 tensor on `device`, padded with empty rectangles,
+        and the rectangles' areas (BANK_SIZE, K); made once per grid and device."""
+        cache = self.__dict__.setdefault("_banks", {})
+        key = (tuple(grid), str(device))
+        if key not in cache:
+            tilings = self.tilings(grid)
+            bank = torch.zeros(len(tilings), max(map(len, tilings)), 4, dtype=torch.int64)
+            for i, tiling in enumerate(tilings):
+                bank[i, :len(tiling)] = torch.tensor(tiling)
+            y0, y1, x0, x1 = bank.unbind(-1)
+            cache[key] = bank.to(device), ((y1 - y0) * (x1 - x0)).to(device)
+        return cache[key]
 
-        return start(u[3], t, bt), bt, start(u[4], h, bh), bh, start(u[5], w, bw), bw
+    def layout(self, gen, grid):
+        """Per sample, from one draw of the row generator: the segment bounds (R, S + 1), each
+        segment's tiling as an index into the bank (R, S), and a uniform key per box (R, C) that
+        orders the masking. Box s * K + k is segment s x rectangle k of its tiling (K: the bank's
+        widest tiling; missing rectangles and empty segments give empty boxes)."""
+        t, S, R = grid[0], self.segments, len(gen)
+        bank, _ = self._bank(grid, gen.device)
+        bits = gen.bits(2 * S - 1 + S * bank.shape[1])
+        uniform = (bits >> 8).to(torch.float32).mul_(1.0 / 2**24)      # as RowGenerator.uniform
+        cuts = (uniform[:, :S - 1] * (t + 1)).long().clamp_(max=t).sort(dim=1).values
+        bounds = torch.cat([cuts.new_zeros(R, 1), cuts, cuts.new_full((R, 1), t)], 1)
+        return bounds, bits[:, S - 1:2 * S - 1] % bank.shape[0], uniform[:, 2 * S - 1:]
 
-    def _lane_bits(self, start, extent, size):
-        """(2, R, size) int32: per lane, the bits of the boxes spanning each index of one axis, plus
-        the sentinel bit."""
-        R, A = start.shape
-        L, dev = self.LANE_BOXES, start.device
-        box = torch.arange(A, device=dev)
-        bit = torch.where(box < L, 1 << box, (1 << (box - L)) << 32)  # lane 1 in the high word
-        edges = torch.zeros(R, size + 1, dtype=torch.int64, device=dev)
-        edges.scatter_add_(1, start, bit.expand(R, A)).scatter_add_(1, start + extent, -bit.expand(R, A))
-        both = edges[:, :size].cumsum(1)
-        lanes = torch.stack([both & 0xFFFFFFFF, both >> 32]).to(torch.int32)
-        return lanes.bitwise_or_(1 << L)
+    def volumes(self, grid, bounds, tilings) -> torch.Tensor:
+        """(R, C) cubes per box."""
+        _, areas = self._bank(grid, bounds.device)
+        per_segment = areas.index_select(0, tilings.view(-1)).view(*tilings.shape, -1)     # (R, S, K)
+        return (bounds.diff(dim=1)[:, :, None] * per_segment).flatten(1)
 
-    def _buffer(self, name, shape, dtype, device) -> torch.Tensor:
-        """A work tensor kept from one draw to the next (training draws the same shapes every step):
-        on a CPU, fresh multi-MB tensors cost more in page faults than the passes over them (glibc
-        hands large blocks back to the system on free). Never part of a returned mask."""
-        buffers = self.__dict__.setdefault("_buffers", {})
-        buf = buffers.get(name)
-        device = torch.device(device)
-        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device.type != device.type \
-                or device.index not in (None, buf.device.index):
-            buf = buffers[name] = torch.empty(shape, dtype=dtype, device=device)
-        return buf
+    def boxes(self, grid, bounds, tilings, index) -> torch.Tensor:
+        """(R, J, 6) int64: boxes `index` (R, J) as (t0, t1, y0, y1, x0, x1), half-open."""
+        bank, _ = self._bank(grid, bounds.device)
+        segment, rect = index.div(bank.shape[1], rounding_mode="floor"), index.remainder(bank.shape[1])
+        times = torch.stack([bounds.gather(1, segment), bounds.gather(1, segment + 1)], -1)
+        flat = tilings.gather(1, segment) * bank.shape[1] + rect
+        return torch.cat([times, bank.view(-1, 4).index_select(0, flat.view(-1)).view(*flat.shape, 4)], -1)
 
-    def _first_boxes(self, space, ts, first, hist):
-        """For rows of `first` (r, T, H'W') uint8: 127 + the first box covering each cube (the
-        float32 exponent, kept biased so no op is spent removing the bias), 127 + NONE where no box
-        does; `hist` (T, r, 64) += how many cubes each box covers first, per slice."""
-        R, hw = space.shape[1:]
-        L, dev = self.LANE_BOXES, space.device
-        # index_add_, not bincount, which reads the device to size its output
-        ones = torch.ones(1, dtype=torch.int32, device=dev).expand(R * hw)
-        offsets = torch.arange(-127, R * 64 - 127, 64, dtype=torch.int32, device=dev)[:, None]
-        # one temporal slice at a time, in place in preallocated buffers: the work stays in cache,
-        # and a fresh (R, H'W') tensor per op would cost more in page faults than the op itself
-        cover, neg = (self._buffer(name, (R, hw), torch.int32, dev) for name in ("cover", "neg"))
-        lowest = [self._buffer(f"lowest{lane}", (R, hw), torch.float32, dev) for lane in (0, 1)]
-        for ti in range(first.shape[1]):
-            for lane in (0, 1):
-                torch.bitwise_and(space[lane], ts[lane, ti, :, None], out=cover)
-                cover.bitwise_and_(torch.neg(cover, out=neg))   # lowest set bit: 2**k, or 2**30
-                lowest[lane].copy_(cover).view(torch.int32).bitwise_right_shift_(23)  # 127 + k
-            index, second = (x.view(torch.int32) for x in lowest)
-            # 1 where lane 0 has no box (k = L), else 0: (k + 32 - L) >> 5, as L <= 30
-            lane0_empty = torch.sub(index, 127 - (32 - L), out=cover).bitwise_right_shift_(5)
-            index.add_(second.sub_(127).mul_(lane0_empty))           # 127 + first box, or + NONE
-            first[:, ti] = index
-            hist[ti].view(-1).index_add_(0, index.add_(offsets).view(-1), ones)
+    def order(self, keys, volume) -> torch.Tensor:
+        """(R, C) the order boxes are masked in: by their random keys, empty boxes first when the
+        kept side is painted and last otherwise (so the painted boxes sit together at one end)."""
+        keys = keys.masked_fill(volume == 0, -1.0 if self._paints_kept() else 2.0)
+        return torch.sort(keys, dim=1, stable=True).indices   # stable: equal keys order alike everywhere
 
     def draw(self, gen, grid):
-        t, h, w = grid
-        R, A, target = len(gen), self.max_boxes, self.num_masked(grid)
-        dev, hw = gen.device, h * w
-        t0, bt, y0, bh, x0, bw = self.boxes(gen, grid)
-        ys, xs, ts = self._lane_bits(y0, bh, h), self._lane_bits(x0, bw, w), self._lane_bits(t0, bt, t)
-        space = self._buffer("space", (2, R, h, w), torch.int32, dev)
-        torch.bitwise_and(ys[:, :, :, None], xs[:, :, None, :], out=space)
-        space = space.view(2, R, hw)
-        ts = ts.transpose(1, 2).contiguous()                                # (2, T, R)
-        first = self._buffer("first", (R, t, hw), torch.uint8, dev)
-        hist = self._buffer("hist", (t, R, 64), torch.int32, dev).zero_()
-        self._first_boxes(space, ts, first, hist)
-        union = hist.sum(0, dtype=torch.int32)[:, :A].cumsum(1)             # union after boxes 0..k
-        taken = (union <= target).sum(1)                                    # whole boxes accepted
-        covered = torch.cat([union.new_zeros(R, 1), union], 1).gather(1, taken[:, None])[:, 0]
-        # the next box (or, with none left, the uncovered cubes) supplies the rest in raster order:
-        # whole slices of it first, then the first cubes of one slice
-        next_box = torch.where(taken == A, self.NONE, taken)
-        per_slice = hist.gather(2, next_box.expand(t, R)[:, :, None])[:, :, 0].t()          # (R, T)
-        through = per_slice.cumsum(1)
-        need = target - covered                                             # (R,)
-        edge = (through <= need[:, None]).sum(1).clamp_(max=t - 1)          # the slice taken in part
-        rows = torch.arange(R, device=dev)
-        left = need - (through - per_slice)[rows, edge]                     # cubes to take there
-        # before the edge slice the next box is taken whole (first <= next), after it not at all
-        limit = torch.where(torch.arange(t, device=dev) < edge[:, None], next_box[:, None] + 1, taken[:, None])
-        mask = first < (limit + 127).to(torch.uint8)[:, :, None]
-        edge_cubes = first[rows, edge] == (127 + next_box).to(torch.uint8)[:, None]   # (R, HW)
-        edge_cubes &= edge_cubes.cumsum(1, dtype=torch.int32) <= left[:, None]
-        mask[rows, edge] |= edge_cubes
-        return mask.view(R, t * hw)
+        target, kept = self.num_masked(grid), self._paints_kept()
+        bounds, tilings, keys = self.layout(gen, grid)
+        volume = self.volumes(grid, bounds, tilings)
+        R, C = volume.shape
+        order = self.order(keys, volume)
+        in_order = volume.gather(1, order)
+        through = in_order.cumsum(1)
+        taken = torch.searchsorted(through, torch.full((R, 1), target, device=through.device), right=True)
+        covered = (through - in_order).gather(1, taken)                 # whole boxes masked: taken < C
+        slot = torch.arange(self._slots(grid), device=volume.device)
+        if kept:                                    # kept: the boxes after the partial one
+            position = torch.cat([taken, taken + 1 + slot], 1)
+            whole = position[:, 1:] < C
+        else:                                       # masked: the boxes before it
+            position = torch.cat([taken, slot.expand(R, -1)], 1)
+            whole = position[:, 1:] < taken
+        picked = self.boxes(grid, bounds, tilings, order.gather(1, position.clamp_(max=C - 1)))
+        partial = self._split(picked[:, 0], (target - covered)[:, 0], kept)
+        return _inside_boxes(torch.cat([picked[:, 1:] * whole[..., None], partial], 1), grid, outside=kept)
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _paints_kept(self) -> bool:
+        return self.ratio >= 0.5
+
+    def _slots(self, grid) -> int:
+        """How many whole boxes the painted side can hold: its cube count over the smallest box."""
+        cache = self.__dict__.setdefault("_slot_counts", {})
+        if tuple(grid) not in cache:
+            smallest = min((y1 - y0) * (x1 - x0) for tiling in self.tilings(grid) for y0, y1, x0, x1 in tiling)
+            n, target = math.prod(grid), self.num_masked(grid)
+            boxes = self.segments * max(map(len, self.tilings(grid)))
+            cache[tuple(grid)] = max(1, min(boxes, (n - target if self._paints_kept() else target) // smallest))
+        return cache[tuple(grid)]
+
+    @staticmethod
+    def _split(box, count, rest: bool):
+        """The first `count` cubes of `box` (R, 6) in its raster order (or, with `rest`, the other
+        cubes) as three boxes (R, 3, 6): whole slices, whole rows of the next slice, the start of
+        the next row (or the rest of that row, the rest of that slice, the slices after it)."""
+        t0, t1, y0, y1, x0, x1 = box.unbind(1)
+        area, width = (y1 - y0) * (x1 - x0), x1 - x0
+        slices = count // area
+        rows = (count - slices * area) // width
+        ts = t0 + slices
+        yr = y0 + rows
+        xc = x0 + (count - slices * area - rows * width)
+        if rest:
+            parts = [(ts + 1, t1, y0, y1, x0, x1), (ts, ts + 1, yr + 1, y1, x0, x1), (ts, ts + 1, yr, yr + 1, xc, x1)]
+        else:
+            parts = [(t0, ts, y0, y1, x0, x1), (ts, ts + 1, y0, yr, x0, x1), (ts, ts + 1, yr, yr + 1, x0, xc)]
+        return torch.stack([torch.stack(part, 1) for part in parts], 1)
+
+
+def _inside_boxes(boxes, grid, outside: bool = False) -> torch.Tensor:
+    """(R, N) bool: cubes inside any of the boxes (R, B, 6), or outside all of them. Box b owns bit
+    b of an integer per axis position, set where the box spans that axis; a cube is inside box b
+    iff its t, y and x words all have bit b. Up to 63 boxes, in the narrowest integer that holds
+    them (several lanes beyond that)."""
+    R, B = boxes.shape[:2]
+    if B > 63:
+        inside = torch.zeros(R, math.prod(grid), dtype=torch.bool, device=boxes.device)
+        for first in range(0, B, 63):
+            inside |= _inside_boxes(boxes[:, first:first + 63], grid)
+        return inside.logical_not_() if outside else inside
+    t, h, w = grid
+    dev = boxes.device
+    # the three axes side by side, each with one spare slot: +bit where a box starts, -bit where it
+    # ends; a running sum then gives each position's word, and returns to 0 at each axis's end
+    offset = torch.tensor([0, 0, t + 1, t + 1, t + h + 2, t + h + 2], device=dev)
+    bit = torch.ones(B, dtype=torch.int64, device=dev) << torch.arange(B, device=dev)
+    signed = torch.stack([bit, -bit] * 3, -1).expand(R, B, 6)
+    edges = torch.zeros(R, t + h + w + 3, dtype=torch.int64, device=dev)
+    edges.scatter_add_(1, (boxes + offset).view(R, -1), signed.reshape(R, -1))
+    dtype = torch.int16 if B <= 15 else torch.int32 if B <= 31 else torch.int64
+    words = edges.cumsum(1).to(dtype)
+    words_t, words_y, words_x = words[:, :t], words[:, t + 1:t + h + 1], words[:, t + h + 2:-1]
+    words_yx = (words_y[:, :, None] & words_x[:, None, :]).view(R, 1, h * w)
+    words_t = words_t[:, :, None]
+    inside = torch.empty(R, t, h * w, dtype=torch.bool, device=dev)
+    # (rows, T', 1) & (rows, 1, H'W'): the long axis innermost, where the AND vectorizes; a few
+    # hundred rows at a time into one small buffer, which stays in cache (a fresh full-size
+    # intermediate costs more in page faults on a CPU than the AND itself)
+    step = max(1, (1 << 18) // (t * h * w))
+    buffer = torch.empty(min(R, step), t, h * w, dtype=dtype, device=dev)
+    for start in range(0, R, step):
+        rows = slice(start, start + step)
+        part = buffer[:inside[rows].shape[0]]
+        torch.bitwise_and(words_t[rows], words_yx[rows], out=part)
+        inside[rows].copy_(part)               # nonzero -> True; several times cheaper than `ne` on a CPU
+    inside = inside.view(R, -1)
+    return inside.logical_not_() if outside else inside
+
+
+@functools.lru_cache(maxsize=32)
+def random_tilings(h: int, w: int, min_area: int, max_area: int, count: int, seed: int):
+    """`count` random guillotine tilings of an h x w grid into rectangles (y0, y1, x0, x1) with area
+    in [lo, max(max_area, lo)] and aspect ratio h/w in [0.3, 1/0.3]; lo is `min_area`, lowered as
+    far as needed for the grid to be tileable at all. A rectangle that may be a block stops with
+    probability 1/2, otherwise it is cut in two at a position drawn uniformly among the cuts whose
+    both sides can still be tiled. Deterministic: a fixed seed, plain Python."""
+    for lo in range(min(min_area, h * w), 0, -1):
+        hi = max(max_area, lo)
+
+        def is_block(a, b, lo=lo, hi=hi):
+            return lo <= a * b <= hi and 0.3 <= a / b <= 1 / 0.3
+
+        tileable = [[False] * (w + 1) for _ in range(h + 1)]
+        for a in range(1, h + 1):
+            for b in range(1, w + 1):
+                tileable[a][b] = (is_block(a, b)
+                                  or any(tileable[i][b] and tileable[a - i][b] for i in range(1, a))
+                                  or any(tileable[a][j] and tileable[a][b - j] for j in range(1, b)))
+        if tileable[h][w]:
+            break
+    rng = random.Random(seed)
+    tilings = []
+    for _ in range(count):
+        tiling, todo = [], [(0, h, 0, w)]
+        while todo:
+            y0, y1, x0, x1 = todo.pop()
+            a, b = y1 - y0, x1 - x0
+            cuts = [(i, 0) for i in range(1, a) if tileable[i][b] and tileable[a - i][b]]
+            cuts += [(0, j) for j in range(1, b) if tileable[a][j] and tileable[a][b - j]]
+            if is_block(a, b) and (not cuts or rng.random() < 0.5):
+                tiling.append((y0, y1, x0, x1))
+                continue
+            i, j = rng.choice(cuts)
+            if i:
+                todo += [(y0, y0 + i, x0, x1), (y0 + i, y1, x0, x1)]
+            else:
+                todo += [(y0, y1, x0, x0 + j), (y0, y1, x0 + j, x1)]
+        tilings.append(sorted(tiling))
+    return tilings
 
 
 @register_masking("running_cell")
