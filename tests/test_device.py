@@ -89,7 +89,7 @@ def test_tiny_demo_end_to_end(tmp_path):
     run_tool("tools/demo.py", "--quick", "--out", out, "--data", tmp_path / "data", "--seeds", "0,1",
              *TINY, "TRAIN.MAX_STEPS", 2, "DATA.TEST_NUM_CLIPS", 1, "DATA.TEST_NUM_CROPS", 1, timeout=900)
     for name in ("summary.md", "loss_curve.png", "reconstruction.png", "finetune_seeds.png", "finetune/seed0/model.pt",
-                 "finetune/seed1/model.pt", "scratch/seed0/model.pt", "scratch/seed1/model.pt"):
+                 "finetune/seed1/model.pt", "scratch/seed0/model.pt", "scratch/seed1/model.pt", "scratch/seed1/train.log"):
         assert (out / name).exists(), name
     summary = (out / "summary.md").read_text()
     assert "| pretrained | " in summary and "| scratch | " in summary and "Paired difference" in summary
