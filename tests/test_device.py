@@ -97,3 +97,14 @@ def test_tiny_demo_end_to_end(tmp_path):
     first_losses = [read_metrics(out / f"scratch/seed{seed}/metrics.jsonl", "train")[0]["loss"] for seed in (0, 1)]
     assert first_losses[0] != first_losses[1]
 
+
+
+def test_demo_stops_with_a_failed_fine_tuning_runs_reason_and_exit_code(tmp_path):
+    """A fine-tuning run that fails (labels beyond DATA.NUM_CLASSES; the pretraining does not read
+    labels) stops the demo with one line naming the run, its reason and its log, and its exit code."""
+    result = run_tool("tools/demo.py", "--quick", "--out", tmp_path / "demo", "--data", tmp_path / "data", "--seeds", "0",
+                      *TINY, "TRAIN.MAX_STEPS", 1, "DATA.NUM_CLASSES", 3, check=False, timeout=600)
+    assert result.returncode == 1, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: the ") and "seed 0 run failed (exit 1): " in line and "label 3 is not a known class" in line
+    assert "train.log" in line and "Traceback" not in result.stderr

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -63,63 +64,96 @@ def run(config: str, out_dir: str, data_dir: str, quick: bool, *extra: str):
     return cfg, trainer, result, time.time() - start
 
 
-# what a launcher exports for its ranks: a run started from this process must pick its own
-_RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# what makes videomae.engine.distributed.detect see a launcher's rank
+_LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "SLURM_PROCID", "SLURM_STEP_ID")
 
 
-def last_record(log_path: str) -> dict:
-    """The final JSON line tools/train.py printed (status, step, test top-1 ...), {} if none."""
-    record = {}
+class _Stop(KeyboardInterrupt):
+    """SIGTERM reached the demo while its fine-tuning runs were going."""
+
+
+def _raise_stop(signum, frame):
+    raise _Stop
+
+
+def run_log(log_path: str, offset: int) -> list[str]:
+    """The lines tools/train.py wrote to its log from `offset` on (this attempt only)."""
     with open(log_path, errors="replace") as handle:
-        for line in handle:
-            if line.startswith("{"):
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    pass
+        handle.seek(offset)
+        return handle.read().splitlines()
+
+
+def final_record(lines: list[str]) -> dict:
+    """The last JSON line tools/train.py printed (status, step, test top-1 ...), {} if none."""
+    record = {}
+    for line in lines:
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                pass
     return record
 
 
 def run_side_by_side(jobs: dict[str, tuple[str, list[str]]]) -> dict[str, tuple[dict, float]]:
-    """Start `tools/train.py ARGS` for every job (name -> (run folder, ARGS)) at once, each with an
-    equal share of the CPU threads and its output in the run folder's train.log; wait for all.
-    Returns each job's final record and wall seconds. A failed run stops the demo with its exit
-    code and reason; on Ctrl-C (which the runs receive too) the runs checkpoint and stop first."""
-    env = {key: value for key, value in os.environ.items() if key not in _RENDEZVOUS}
-    env.update(OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // len(jobs))), PYTHONUNBUFFERED="1")
+    """Start `tools/train.py ARGS` for every job (name -> (run folder, ARGS)) at once, each a single
+    process with its own rendezvous port, an equal share of the CPU cores and its output appended to
+    the run folder's train.log; wait for all. Returns each job's final record and wall seconds.
+
+    A failed run stops the demo with the run's reason and exit code (the others are stopped with a
+    checkpoint). Ctrl-C or SIGTERM reaches the runs once, through this process (they run in their
+    own sessions, away from the terminal's signals): each checkpoints and stops, and the demo exits
+    75; the same command again resumes them."""
+    from videomae.cli import EXIT_PREEMPTED
+    from videomae.engine.distributed import free_port
+
+    # the pretraining's Trainer took SIGINT and SIGTERM for its own checkpoints: take them back
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     running = {}
     try:
         for name, (out_dir, args) in jobs.items():
             os.makedirs(out_dir, exist_ok=True)
-            log = open(os.path.join(out_dir, "train.log"), "a")
-            proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "train.py"), *args],
-                                    stdout=log, stderr=subprocess.STDOUT, env=env)
-            running[name] = (proc, log, time.time())
+            log_path = os.path.join(out_dir, "train.log")
+            offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+            # a single process with its own port: what a launcher (torchrun, srun) exported is not for it
+            env = {key: value for key, value in os.environ.items() if key not in _LAUNCHER_VARIABLES}
+            env.update(MASTER_PORT=str(free_port()), OMP_NUM_THREADS=str(max(1, cores // len(jobs))),
+                       PYTHONUNBUFFERED="1")
+            with open(log_path, "a") as log:
+                proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "train.py"), *args],
+                                        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            running[name] = (proc, log_path, offset, time.time())
         results = {}
-        for name, (proc, log, began) in running.items():
-            code = proc.wait()
-            log.close()
-            log_path = os.path.join(jobs[name][0], "train.log")
-            record = last_record(log_path)
-            if code != 0 or record.get("status") != "finished":
-                with open(log_path, errors="replace") as handle:
-                    reasons = [line.strip() for line in handle if line.startswith(("error:", "config error:"))]
-                reason = reasons[-1] if reasons else f"tools/train.py exited with {code}"
-                print(f"error: the {name} run failed: {reason} (log: {log_path})", file=sys.stderr)
-                raise SystemExit(code or 1)
-            results[name] = (record, time.time() - began)
-            print(f"      {name}: top-1 {record['test_top1']:.1f} ({results[name][1]:.0f} s)")
+        while len(results) < len(running):
+            for name, (proc, log_path, offset, began) in running.items():
+                if name in results or proc.poll() is None:
+                    continue
+                lines = run_log(log_path, offset)
+                record = final_record(lines)
+                if proc.returncode != 0 or record.get("status") != "finished":
+                    code = proc.returncode if proc.returncode > 0 else 128 - proc.returncode if proc.returncode else 1
+                    said = [line.strip().removeprefix("error: ") for line in lines
+                            if line.startswith(("error:", "config error:"))]
+                    last = [line.strip() for line in lines if line.strip()]
+                    reason = (said or last or [f"tools/train.py exited with {proc.returncode}"])[-1]
+                    print(f"error: the {name} run failed (exit {code}): {reason} (log: {log_path})", file=sys.stderr)
+                    raise SystemExit(code)
+                results[name] = (record, time.time() - began)
+                print(f"      {name}: top-1 {record['test_top1']:.1f} ({results[name][1]:.0f} s)")
+            time.sleep(0.2)
         return results
-    except KeyboardInterrupt:
-        for proc, _, _ in running.values():   # they had the Ctrl-C too: let them checkpoint
-            proc.wait()
-        raise
+    except KeyboardInterrupt:             # Ctrl-C, or SIGTERM (_Stop)
+        print("stopping: the fine-tuning runs checkpoint and stop; run the same command again to resume",
+              file=sys.stderr)
+        raise SystemExit(EXIT_PREEMPTED) from None
     finally:
-        for proc, log, _ in running.values():
+        for proc, _, _, _ in running.values():
             if proc.poll() is None:
-                proc.terminate()              # SIGTERM: the run checkpoints and exits; a rerun resumes it
-                proc.wait()
-            log.close()
+                proc.terminate()    # SIGTERM, once: the run checkpoints and exits; a rerun resumes it
+        for proc, _, _, _ in running.values():
+            proc.wait()
 
 
 def reconstruction_picture(cfg, trainer, out_png: str) -> str:
@@ -238,7 +272,7 @@ def main(argv=None) -> int:
             record, wall = done[f"{start}, seed {seed}"]
             results[start][seed] = record
             walls[start].append(wall)
-    ft_cfg = load_config(config, jobs[f"{STARTS[0]}, seed {seeds[-1]}"][1][2:])
+    ft_cfg = load_config(config, run_overrides(args.out, args.data, args.quick, *args.overrides))
 
     print("[4/4] pictures and summary")
     top1 = {start: [results[start][s]["test_top1"] for s in seeds] for start in STARTS}

@@ -100,6 +100,9 @@ class BlockMasking(MaskingStrategy):
         """The bank as a (BANK_SIZE, K, 4) int64 tensor on `device`, padded with empty rectangles,
         and the rectangles' areas (BANK_SIZE, K); made once per grid and device."""
         cache = self.__dict__.setdefault("_banks", {})
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:     # "cuda" and "cuda:0" share one copy
+            device = torch.device("cuda", torch.cuda.current_device())
         key = (tuple(grid), str(device))
         if key not in cache:
             tilings = self.tilings(grid)
@@ -171,12 +174,13 @@ class BlockMasking(MaskingStrategy):
     def _slots(self, grid) -> int:
         """How many whole boxes the painted side can hold: its cube count over the smallest box."""
         cache = self.__dict__.setdefault("_slot_counts", {})
-        if tuple(grid) not in cache:
+        key = (tuple(grid), self.ratio)
+        if key not in cache:
             smallest = min((y1 - y0) * (x1 - x0) for tiling in self.tilings(grid) for y0, y1, x0, x1 in tiling)
             n, target = math.prod(grid), self.num_masked(grid)
             boxes = self.segments * max(map(len, self.tilings(grid)))
-            cache[tuple(grid)] = max(1, min(boxes, (n - target if self._paints_kept() else target) // smallest))
-        return cache[tuple(grid)]
+            cache[key] = max(1, min(boxes, (n - target if self._paints_kept() else target) // smallest))
+        return cache[key]
 
     @staticmethod
     def _split(box, count, rest: bool):
@@ -212,7 +216,8 @@ def _inside_boxes(boxes, grid, outside: bool = False) -> torch.Tensor:
     dev = boxes.device
     # the three axes side by side, each with one spare slot: +bit where a box starts, -bit where it
     # ends; a running sum then gives each position's word, and returns to 0 at each axis's end
-    offset = torch.tensor([0, 0, t + 1, t + 1, t + h + 2, t + h + 2], device=dev)
+    axis = torch.arange(6, device=dev) // 2                         # t0 t1 y0 y1 x0 x1 -> 0 0 1 1 2 2
+    offset = axis * (t + 1) + (axis == 2) * (h - t)                  # 0, t + 1, t + h + 2 (made on the device: no copy)
     bit = torch.ones(B, dtype=torch.int64, device=dev) << torch.arange(B, device=dev)
     signed = torch.stack([bit, -bit] * 3, -1).expand(R, B, 6)
     edges = torch.zeros(R, t + h + w + 3, dtype=torch.int64, device=dev)
@@ -226,7 +231,7 @@ def _inside_boxes(boxes, grid, outside: bool = False) -> torch.Tensor:
     # (rows, T', 1) & (rows, 1, H'W'): the long axis innermost, where the AND vectorizes; a few
     # hundred rows at a time into one small buffer, which stays in cache (a fresh full-size
     # intermediate costs more in page faults on a CPU than the AND itself)
-    step = max(1, (1 << 18) // (t * h * w))
+    step = max(1, (1 << 18) // (t * h * w)) if dev.type == "cpu" else R
     buffer = torch.empty(min(R, step), t, h * w, dtype=dtype, device=dev)
     for start in range(0, R, step):
         rows = slice(start, start + step)
