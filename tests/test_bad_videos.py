@@ -259,6 +259,7 @@ def one_line_error(result) -> str:
     return ours[0]
 
 
+@pytest.mark.slow
 def test_a_fifth_bad_stops_with_one_line(tmp_path, synthetic_root):
     """24 good videos and 6 bad ones (20%) at the default DATA.MAX_BAD_RATIO 0.05."""
     bad = write_bad_files(tmp_path / "bad", synthetic_root)

@@ -99,6 +99,7 @@ def test_tiny_demo_end_to_end(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_demo_stops_with_a_failed_fine_tuning_runs_reason_and_exit_code(tmp_path):
     """A fine-tuning run that fails (labels beyond DATA.NUM_CLASSES; the pretraining does not read
     labels) stops the demo with one line naming the run, its reason and its log, and its exit code."""
